@@ -1,0 +1,1 @@
+"""The management API: organizations, users, API keys, manifests, approvals, policies, audit."""

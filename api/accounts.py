@@ -1,0 +1,343 @@
+"""Login, organizations, members and API keys."""
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from typing import Any, Literal
+
+import msgspec
+from litestar import Controller, Request, Response, get, patch, post, delete
+from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
+
+from api.validation import EMAIL, SLUG, UAPK_ID, Checker
+from core.clock import isoformat
+from core.errors import AuthenticationRequired, Conflict, NotFound, PermissionDenied
+from core.tokens import SESSION_TYP, sign
+from httpkit.auth import SESSION_AUDIENCE, Caller, admit, current_principal, rate_limit
+from httpkit.pagination import page_params
+from store import accounts
+from store.api_keys import display_prefix, generate_key, hash_key
+from store.models import ApiKey
+from store.passwords import DUMMY_HASH, hash_password, verify_password
+from store.runtime import Runtime
+
+Role = Literal["owner", "admin", "approver", "policy_author", "viewer"]
+KeyRole = Literal["owner", "admin", "approver", "policy_author", "viewer", "agent"]
+PRIVILEGED = {"owner", "admin"}
+
+
+class Strict(msgspec.Struct, forbid_unknown_fields=True):
+    pass
+
+
+# --- request and response types ---------------------------------------------------------
+class LoginRequest(Strict):
+    email: str
+    password: str
+
+
+class LoginResponse(msgspec.Struct):
+    access_token: str
+    token_type: str
+    expires_in: int
+
+
+class OrgCreate(Strict):
+    name: str
+    slug: str
+
+
+class OrgOut(msgspec.Struct):
+    org_id: str
+    name: str
+    slug: str
+    created_at: str
+    role: str | None = None
+
+
+class OrgList(msgspec.Struct):
+    items: list[OrgOut]
+    total: int
+
+
+class MemberCreate(Strict):
+    email: str
+    role: Role
+    password: str | None = None
+
+
+class MemberPatch(Strict):
+    role: Role
+
+
+class MemberOut(msgspec.Struct):
+    user_id: str
+    email: str
+    role: str
+    created_at: str
+
+
+class MemberList(msgspec.Struct):
+    items: list[MemberOut]
+    total: int
+
+
+class ApiKeyCreate(Strict):
+    name: str
+    role: KeyRole
+    uapk_ids: list[str] | None = None
+
+
+class ApiKeyOut(msgspec.Struct):
+    id: str
+    name: str
+    prefix: str
+    role: str
+    uapk_ids: list[str] | None
+    created_at: str
+    revoked_at: str | None = None
+    created_by: str | None = None
+
+
+class ApiKeyCreated(msgspec.Struct):
+    id: str
+    key: str
+    name: str
+    prefix: str
+    role: str
+    uapk_ids: list[str] | None
+    created_at: str
+
+
+class ApiKeyList(msgspec.Struct):
+    items: list[ApiKeyOut]
+    total: int
+
+
+def _runtime(request: Request[Any, Any, Any]) -> Runtime:
+    return request.app.state.runtime  # type: ignore[no-any-return]
+
+
+def _key_out(k: ApiKey) -> ApiKeyOut:
+    return ApiKeyOut(
+        id=k.id, name=k.name, prefix=k.prefix, role=k.role, uapk_ids=k.uapk_ids,
+        created_at=isoformat(k.created_at) or "", revoked_at=isoformat(k.revoked_at), created_by=k.created_by,
+    )
+
+
+def _check_password(c: Checker, field: str, password: str | None) -> None:
+    if password is None:
+        c.add(field, "Field is required.")
+    elif not 8 <= len(password) <= 1024:
+        c.add(field, "Must be between 8 and 1024 characters.")
+
+
+# --- auth ------------------------------------------------------------------------------
+@post("/api/v1/auth/login", tags=["auth"], status_code=HTTP_200_OK, summary="Exchange email and password for a session token")
+async def login(request: Request[Any, Any, Any], data: LoginRequest) -> LoginResponse:
+    runtime = _runtime(request)
+    email = data.email.strip().lower()
+    # Heavy tier, keyed by the email: slows password guessing against one account.
+    await rate_limit(request, "heavy", "login:" + email[:254])
+    async with runtime.sessions() as session:
+        user = await accounts.get_user_by_email(session, email)
+    # Hash even for unknown emails so timing does not reveal which emails exist.
+    ok = await asyncio.to_thread(verify_password, data.password[:1024], user.password_hash if user else DUMMY_HASH)
+    if user is None or not ok:
+        raise AuthenticationRequired("Invalid email or password.")
+    ttl = runtime.settings.session_ttl_seconds
+    token = sign(
+        runtime.keys, SESSION_TYP,
+        {"iss": runtime.settings.issuer, "aud": SESSION_AUDIENCE, "sub": user.id, "email": user.email},
+        ttl,
+    )
+    return LoginResponse(access_token=token, token_type="bearer", expires_in=ttl)
+
+
+# --- organizations ---------------------------------------------------------------------
+class OrgController(Controller):
+    path = "/api/v1/orgs"
+    tags = ["organizations"]
+
+    @post("/", status_code=HTTP_201_CREATED, summary="Create an organization; the caller becomes its owner")
+    async def create(self, request: Request[Any, Any, Any], data: OrgCreate) -> OrgOut:
+        principal = await current_principal(request)
+        if principal.kind != "user":
+            raise PermissionDenied("Organizations are created by users (session token), not API keys.")
+        c = Checker()
+        c.text("name", data.name)
+        c.pattern("slug", data.slug, SLUG, "Must be 2-63 lowercase letters, digits and hyphens, starting with a letter or digit.")
+        c.check()
+        await rate_limit(request, "standard", "user:" + (principal.user_id or ""))
+        runtime = _runtime(request)
+        async with runtime.sessions() as session, session.begin():
+            try:
+                org = await accounts.create_org(session, data.name.strip(), data.slug)
+            except accounts.DuplicateError:
+                raise Conflict(f"An organization with slug '{data.slug}' already exists.") from None
+            await accounts.add_member(session, org.id, principal.user_id or "", "owner")
+        return OrgOut(org_id=org.id, name=org.name, slug=org.slug, created_at=isoformat(org.created_at) or "", role="owner")
+
+    @get("/", summary="The caller's organizations")
+    async def list_orgs(self, request: Request[Any, Any, Any]) -> OrgList:
+        principal = await current_principal(request)
+        page = page_params(request.query_params)
+        runtime = _runtime(request)
+        async with runtime.sessions() as session:
+            if principal.kind == "api_key":
+                org = await accounts.get_org(session, principal.org_id or "")
+                rows = [(org, principal.role or "")] if org else []
+                total = len(rows)
+                rows = rows[page.offset : page.offset + page.limit]
+            else:
+                rows, total = await accounts.orgs_of_user(session, principal.user_id or "", page.limit, page.offset)
+        return OrgList(
+            items=[OrgOut(org_id=o.id, name=o.name, slug=o.slug, created_at=isoformat(o.created_at) or "", role=r) for o, r in rows],
+            total=total,
+        )
+
+    @get("/{org_id:str}", summary="One organization")
+    async def get_org(self, request: Request[Any, Any, Any], org_id: str) -> OrgOut:
+        caller = await admit(request, org_id, "orgs", "read")
+        async with _runtime(request).sessions() as session:
+            org = await accounts.get_org(session, org_id)
+        if org is None:
+            raise NotFound()
+        return OrgOut(org_id=org.id, name=org.name, slug=org.slug, created_at=isoformat(org.created_at) or "", role=caller.role)
+
+
+# --- members ---------------------------------------------------------------------------
+def _require_manage(caller: Caller, *roles: str) -> None:
+    """Admins manage members; only owners may grant, change or remove owner and admin roles."""
+    from policies.rbac import default_roles
+
+    if any(r in PRIVILEGED for r in roles) and not default_roles().allows(caller.role, "users", "manage_admins"):
+        raise PermissionDenied("Only an owner may grant, change or remove the owner and admin roles.")
+
+
+class MemberController(Controller):
+    path = "/api/v1/orgs/{org_id:str}/users"
+    tags = ["members"]
+
+    @post("/", status_code=HTTP_201_CREATED, summary="Add a member (creates the user when the email is new)")
+    async def add(self, request: Request[Any, Any, Any], org_id: str, data: MemberCreate) -> MemberOut:
+        caller = await admit(request, org_id, "users", "manage")
+        email = data.email.strip().lower()
+        c = Checker()
+        c.pattern("email", email, EMAIL, "Must be a valid email address.")
+        if data.password is not None:
+            _check_password(c, "password", data.password)
+        c.check()
+        _require_manage(caller, data.role)
+        runtime = _runtime(request)
+        pw_hash = await asyncio.to_thread(hash_password, data.password) if data.password else None
+        async with runtime.sessions() as session, session.begin():
+            user = await accounts.get_user_by_email(session, email)
+            if user is None:
+                if pw_hash is None:
+                    c.add("password", "Field is required for a new user.")
+                    c.check()
+                try:
+                    user = await accounts.create_user(session, email, pw_hash or "")
+                except accounts.DuplicateError:
+                    raise Conflict("A user with this email was created concurrently; retry.") from None
+            try:
+                m = await accounts.add_member(session, org_id, user.id, data.role)
+            except accounts.DuplicateError:
+                raise Conflict(f"{email} is already a member of this organization.") from None
+        return MemberOut(user_id=user.id, email=user.email, role=m.role, created_at=isoformat(m.created_at) or "")
+
+    @get("/", summary="List members")
+    async def list_members(self, request: Request[Any, Any, Any], org_id: str) -> MemberList:
+        await admit(request, org_id, "users", "read")
+        page = page_params(request.query_params)
+        async with _runtime(request).sessions() as session:
+            rows, total = await accounts.list_members(session, org_id, page.limit, page.offset)
+        return MemberList(
+            items=[MemberOut(user_id=u.id, email=u.email, role=m.role, created_at=isoformat(m.created_at) or "") for u, m in rows],
+            total=total,
+        )
+
+    @patch("/{user_id:str}", summary="Change a member's role")
+    async def change_role(self, request: Request[Any, Any, Any], org_id: str, user_id: str, data: MemberPatch) -> MemberOut:
+        caller = await admit(request, org_id, "users", "manage")
+        async with _runtime(request).sessions() as session, session.begin():
+            m = await accounts.get_membership(session, org_id, user_id)
+            if m is None:
+                raise NotFound()
+            _require_manage(caller, m.role, data.role)
+            if m.role == "owner" and data.role != "owner" and await accounts.count_owners(session, org_id) <= 1:
+                raise Conflict("The last owner cannot be demoted.")
+            m.role = data.role
+            user = await session.get(accounts.User, user_id)
+        assert user is not None
+        return MemberOut(user_id=user.id, email=user.email, role=m.role, created_at=isoformat(m.created_at) or "")
+
+    @delete("/{user_id:str}", status_code=HTTP_204_NO_CONTENT, summary="Remove a member")
+    async def remove(self, request: Request[Any, Any, Any], org_id: str, user_id: str) -> None:
+        caller = await admit(request, org_id, "users", "manage")
+        async with _runtime(request).sessions() as session, session.begin():
+            m = await accounts.get_membership(session, org_id, user_id)
+            if m is None:
+                raise NotFound()
+            _require_manage(caller, m.role)
+            if m.role == "owner" and await accounts.count_owners(session, org_id) <= 1:
+                raise Conflict("The last owner cannot be removed.")
+            await session.delete(m)
+
+
+# --- API keys --------------------------------------------------------------------------
+class ApiKeyController(Controller):
+    path = "/api/v1/orgs/{org_id:str}/api-keys"
+    tags = ["api keys"]
+
+    @post("/", status_code=HTTP_201_CREATED, summary="Create an API key (the secret is shown once)")
+    async def create(self, request: Request[Any, Any, Any], org_id: str, data: ApiKeyCreate) -> ApiKeyCreated:
+        caller = await admit(request, org_id, "api_keys", "manage")
+        c = Checker()
+        c.text("name", data.name)
+        if data.uapk_ids is not None:
+            if data.role != "agent":
+                c.add("uapk_ids", "Only agent keys can be restricted to UAPK ids.")
+            if len(data.uapk_ids) > 1000:
+                c.add("uapk_ids", "At most 1000 entries.")
+            for i, u in enumerate(data.uapk_ids[:1000]):
+                if not UAPK_ID.match(u):
+                    c.add(f"uapk_ids.{i}", "Must be a UAPK id: lowercase letters, digits and hyphens, 2-63 characters.")
+        c.check()
+        _require_manage(caller, data.role)
+        runtime = _runtime(request)
+        secret = generate_key()
+        async with runtime.sessions() as session, session.begin():
+            key = await accounts.create_api_key(
+                session, org_id, data.name.strip(), display_prefix(secret), hash_key(runtime.pepper, secret),
+                data.role, sorted(set(data.uapk_ids)) if data.uapk_ids is not None else None, caller.actor,
+            )
+        return ApiKeyCreated(
+            id=key.id, key=secret, name=key.name, prefix=key.prefix, role=key.role, uapk_ids=key.uapk_ids,
+            created_at=isoformat(key.created_at) or "",
+        )
+
+    @get("/", summary="List API keys (never the secrets)")
+    async def list_keys(self, request: Request[Any, Any, Any], org_id: str) -> ApiKeyList:
+        await admit(request, org_id, "api_keys", "read")
+        page = page_params(request.query_params)
+        async with _runtime(request).sessions() as session:
+            rows, total = await accounts.list_api_keys(session, org_id, page.limit, page.offset)
+        return ApiKeyList(items=[_key_out(k) for k in rows], total=total)
+
+    @post("/{key_id:str}/revoke", status_code=HTTP_200_OK, summary="Revoke an API key: 401 at once, everywhere")
+    async def revoke(self, request: Request[Any, Any, Any], org_id: str, key_id: str) -> ApiKeyOut:
+        caller = await admit(request, org_id, "api_keys", "manage")
+        runtime = _runtime(request)
+        async with runtime.sessions() as session, session.begin():
+            key = await accounts.revoke_api_key(session, org_id, key_id)
+            if key is None:
+                raise NotFound()
+            _require_manage(caller, key.role)
+        request.app.state.authenticator.evict(key.key_hash)
+        await runtime.bus.publish({"kind": "api_key_revoked", "org_id": org_id, "key_hash": key.key_hash})
+        return _key_out(key)
+
+
+ROUTES = [login, OrgController, MemberController, ApiKeyController]

@@ -1,0 +1,45 @@
+"""Small field validators shared by the management API's request types.
+
+Every check collects a FieldIssue (dotted field path + what is wrong) so one response can
+name every bad field at once."""
+from __future__ import annotations
+
+import re
+
+from core.errors import FieldIssue, ValidationFailed
+
+EMAIL = re.compile(r"^[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9.\-]{1,253}\.[A-Za-z]{2,63}$", re.ASCII)
+SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$", re.ASCII)
+UAPK_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$", re.ASCII)
+
+
+def has_control_chars(value: str) -> bool:
+    return any(ord(c) < 32 or ord(c) == 127 or 0x80 <= ord(c) < 0xA0 or c in "\u200b\u200c\u200d\u2060\ufeff" for c in value)
+
+
+class Checker:
+    def __init__(self) -> None:
+        self.issues: list[FieldIssue] = []
+
+    def add(self, field: str, issue: str) -> None:
+        self.issues.append(FieldIssue(field, issue))
+
+    def text(self, field: str, value: str | None, *, required: bool = True, max_len: int = 200) -> None:
+        if value is None:
+            if required:
+                self.add(field, "Field is required.")
+            return
+        if required and not value.strip():
+            self.add(field, "Must not be empty.")
+        elif len(value) > max_len:
+            self.add(field, f"Must be at most {max_len} characters.")
+        elif has_control_chars(value):
+            self.add(field, "Must not contain control characters.")
+
+    def pattern(self, field: str, value: str, regex: re.Pattern[str], issue: str) -> None:
+        if not regex.match(value):
+            self.add(field, issue)
+
+    def check(self) -> None:
+        if self.issues:
+            raise ValidationFailed("Request body failed validation.", self.issues)

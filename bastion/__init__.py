@@ -1,0 +1,1 @@
+"""Composition root: the combined server and the ``bastion`` command."""

@@ -1,0 +1,190 @@
+"""Configuration from BASTION_* environment variables.
+
+Every variable is read once, validated, and a bad value stops start-up with one line that
+names the variable (``ConfigError``). The README lists them all.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, TypeVar
+
+T = TypeVar("T")
+
+
+class ConfigError(Exception):
+    """A BASTION_* variable has a value we cannot use. ``str(exc)`` is the one line to print."""
+
+
+def _int(name: str, lo: int, hi: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"{name}: expected an integer, got {raw!r}") from None
+        if not lo <= value <= hi:
+            raise ConfigError(f"{name}: must be between {lo} and {hi}, got {value}")
+        return value
+
+    return parse
+
+
+def _bool(name: str) -> Callable[[str], bool]:
+    def parse(raw: str) -> bool:
+        low = raw.strip().lower()
+        if low in {"1", "true", "yes", "on"}:
+            return True
+        if low in {"0", "false", "no", "off", ""}:
+            return False
+        raise ConfigError(f"{name}: expected true or false, got {raw!r}")
+
+    return parse
+
+
+def _db_url(name: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if raw.startswith("sqlite+aiosqlite://") or raw.startswith("postgresql+asyncpg://"):
+            return raw
+        raise ConfigError(
+            f"{name}: must start with sqlite+aiosqlite:// or postgresql+asyncpg://, got {raw!r}"
+        )
+
+    return parse
+
+
+def _redis_url(name: str) -> Callable[[str], str | None]:
+    def parse(raw: str) -> str | None:
+        if raw == "":
+            return None
+        if raw.startswith(("redis://", "rediss://", "unix://")):
+            return raw
+        raise ConfigError(f"{name}: must start with redis://, rediss:// or unix://, got {raw!r}")
+
+    return parse
+
+
+def _host(name: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if not raw or any(c.isspace() for c in raw):
+            raise ConfigError(f"{name}: not a host name or address: {raw!r}")
+        return raw
+
+    return parse
+
+
+def _str(name: str) -> Callable[[str], str]:
+    return lambda raw: raw
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    data_dir: Path = Path("./data")
+    database_url: str = ""
+    redis_url: str | None = None
+    # Request body caps (bytes).
+    gateway_max_body: int = 64 * 1024
+    api_max_body: int = 1024 * 1024
+    # Management API rate-limit tiers: per organization, per minute, with a burst per 10 s.
+    rate_standard_per_minute: int = 600
+    rate_standard_burst: int = 100
+    rate_heavy_per_minute: int = 60
+    rate_heavy_burst: int = 20
+    rate_limits_enabled: bool = True
+    # Optional per-API-key ceiling on the gateway decision endpoints (0 = off).
+    gateway_key_per_minute: int = 0
+    # Session tokens (login).
+    session_ttl_seconds: int = 3600
+    # Defaults applied when a manifest defines no quota.
+    default_max_actions_per_hour: int = 1000
+    default_max_actions_per_day: int = 10000
+    # Approvals and override tokens.
+    approval_ttl_seconds: int = 24 * 3600
+    override_token_ttl_seconds: int = 300
+    # Keys: a PEM file path for the signing key in production; unset = generated under data_dir.
+    signing_key_file: str | None = None
+    api_key_pepper: str | None = None
+    issuer: str = "bastion"
+    log_level: str = "INFO"
+    bootstrap_org_slug: str | None = None
+    bootstrap_org_name: str | None = None
+    bootstrap_admin_email: str | None = None
+    bootstrap_admin_password: str | None = None
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def embedded(self) -> bool:
+        """True when no Redis is configured: counters and the change bus live in-process."""
+        return self.redis_url is None
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+_SPEC: dict[str, tuple[str, Callable[[str], object]]] = {
+    "BASTION_HOST": ("host", _host("BASTION_HOST")),
+    "BASTION_PORT": ("port", _int("BASTION_PORT", 1, 65535)),
+    "BASTION_WORKERS": ("workers", _int("BASTION_WORKERS", 1, 64)),
+    "BASTION_DATA_DIR": ("data_dir", lambda raw: Path(raw)),
+    "BASTION_DATABASE_URL": ("database_url", _db_url("BASTION_DATABASE_URL")),
+    "BASTION_REDIS_URL": ("redis_url", _redis_url("BASTION_REDIS_URL")),
+    "BASTION_GATEWAY_MAX_BODY": ("gateway_max_body", _int("BASTION_GATEWAY_MAX_BODY", 1024, 16 << 20)),
+    "BASTION_API_MAX_BODY": ("api_max_body", _int("BASTION_API_MAX_BODY", 1024, 64 << 20)),
+    "BASTION_RATE_STANDARD_PER_MINUTE": ("rate_standard_per_minute", _int("BASTION_RATE_STANDARD_PER_MINUTE", 1, 10**7)),
+    "BASTION_RATE_STANDARD_BURST": ("rate_standard_burst", _int("BASTION_RATE_STANDARD_BURST", 1, 10**7)),
+    "BASTION_RATE_HEAVY_PER_MINUTE": ("rate_heavy_per_minute", _int("BASTION_RATE_HEAVY_PER_MINUTE", 1, 10**7)),
+    "BASTION_RATE_HEAVY_BURST": ("rate_heavy_burst", _int("BASTION_RATE_HEAVY_BURST", 1, 10**7)),
+    "BASTION_RATE_LIMITS_ENABLED": ("rate_limits_enabled", _bool("BASTION_RATE_LIMITS_ENABLED")),
+    "BASTION_GATEWAY_KEY_PER_MINUTE": ("gateway_key_per_minute", _int("BASTION_GATEWAY_KEY_PER_MINUTE", 0, 10**8)),
+    "BASTION_SESSION_TTL_SECONDS": ("session_ttl_seconds", _int("BASTION_SESSION_TTL_SECONDS", 60, 7 * 86400)),
+    "BASTION_DEFAULT_MAX_ACTIONS_PER_HOUR": ("default_max_actions_per_hour", _int("BASTION_DEFAULT_MAX_ACTIONS_PER_HOUR", 1, 10**9)),
+    "BASTION_DEFAULT_MAX_ACTIONS_PER_DAY": ("default_max_actions_per_day", _int("BASTION_DEFAULT_MAX_ACTIONS_PER_DAY", 1, 10**9)),
+    "BASTION_APPROVAL_TTL_SECONDS": ("approval_ttl_seconds", _int("BASTION_APPROVAL_TTL_SECONDS", 60, 30 * 86400)),
+    "BASTION_OVERRIDE_TOKEN_TTL_SECONDS": ("override_token_ttl_seconds", _int("BASTION_OVERRIDE_TOKEN_TTL_SECONDS", 10, 86400)),
+    "BASTION_SIGNING_KEY_FILE": ("signing_key_file", _str("BASTION_SIGNING_KEY_FILE")),
+    "BASTION_API_KEY_PEPPER": ("api_key_pepper", _str("BASTION_API_KEY_PEPPER")),
+    "BASTION_ISSUER": ("issuer", _host("BASTION_ISSUER")),
+    "BASTION_LOG_LEVEL": ("log_level", lambda raw: _level(raw)),
+    "BASTION_BOOTSTRAP_ORG_SLUG": ("bootstrap_org_slug", _str("BASTION_BOOTSTRAP_ORG_SLUG")),
+    "BASTION_BOOTSTRAP_ORG_NAME": ("bootstrap_org_name", _str("BASTION_BOOTSTRAP_ORG_NAME")),
+    "BASTION_BOOTSTRAP_ADMIN_EMAIL": ("bootstrap_admin_email", _str("BASTION_BOOTSTRAP_ADMIN_EMAIL")),
+    "BASTION_BOOTSTRAP_ADMIN_PASSWORD": ("bootstrap_admin_password", _str("BASTION_BOOTSTRAP_ADMIN_PASSWORD")),
+}
+
+
+def _level(raw: str) -> str:
+    up = raw.upper()
+    if up not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise ConfigError(f"BASTION_LOG_LEVEL: one of DEBUG, INFO, WARNING, ERROR, got {raw!r}")
+    return up
+
+
+def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    """Build Settings from ``env`` (default ``os.environ``); keyword overrides win (tests)."""
+    env = os.environ if env is None else env
+    values: dict[str, object] = {}
+    for var, (attr, parse) in _SPEC.items():
+        if var in env:
+            values[attr] = parse(env[var])
+    values.update(overrides)
+    data_dir = Path(values.get("data_dir", Settings.data_dir))  # type: ignore[arg-type]
+    if not values.get("database_url"):
+        values["database_url"] = f"sqlite+aiosqlite:///{data_dir / 'bastion.db'}"
+    settings = Settings(**values)  # type: ignore[arg-type]
+    if settings.embedded and settings.workers > 1:
+        raise ConfigError(
+            "BASTION_WORKERS: more than one worker needs BASTION_REDIS_URL "
+            "(in-process counters cannot be shared between processes)"
+        )
+    if settings.bootstrap_org_slug and not (
+        settings.bootstrap_org_name and settings.bootstrap_admin_email and settings.bootstrap_admin_password
+    ):
+        raise ConfigError(
+            "BASTION_BOOTSTRAP_ORG_SLUG: also set BASTION_BOOTSTRAP_ORG_NAME, "
+            "BASTION_BOOTSTRAP_ADMIN_EMAIL and BASTION_BOOTSTRAP_ADMIN_PASSWORD"
+        )
+    return settings

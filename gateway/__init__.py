@@ -1,0 +1,1 @@
+"""The edge: the decision pipeline, quotas, approvals, override and capability tokens, routes."""

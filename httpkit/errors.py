@@ -1,0 +1,156 @@
+"""The spec's error body on every error, the framework's own included."""
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import msgspec
+from litestar import MediaType, Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+
+from core.errors import BastionError
+
+log = logging.getLogger("bastion.errors")
+
+_STATUS = {
+    "VALIDATION_ERROR": 400,
+    "AUTHENTICATION_REQUIRED": 401,
+    "PERMISSION_DENIED": 403,
+    "NOT_FOUND": 404,
+    "METHOD_NOT_ALLOWED": 405,
+    "CONFLICT": 409,
+    "PAYLOAD_TOO_LARGE": 413,
+    "UNSUPPORTED_MEDIA_TYPE": 415,
+    "UNPROCESSABLE_ENTITY": 422,
+    "RATE_LIMIT_EXCEEDED": 429,
+    "INTERNAL_ERROR": 500,
+    "SERVICE_UNAVAILABLE": 503,
+}
+_CODE_BY_STATUS = {
+    400: "VALIDATION_ERROR",
+    401: "AUTHENTICATION_REQUIRED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    409: "CONFLICT",
+    413: "PAYLOAD_TOO_LARGE",
+    415: "UNSUPPORTED_MEDIA_TYPE",
+    422: "UNPROCESSABLE_ENTITY",
+    429: "RATE_LIMIT_EXCEEDED",
+    503: "SERVICE_UNAVAILABLE",
+}
+
+
+class ErrorDetail(msgspec.Struct):
+    field: str
+    issue: str
+
+
+class ErrorBody(msgspec.Struct):
+    code: str
+    message: str
+    details: list[ErrorDetail]
+    request_id: str
+
+
+def request_id_of(request: Request[Any, Any, Any]) -> str:
+    return request.scope.get("state", {}).get("request_id", "")  # type: ignore[no-any-return]
+
+
+def error_response(
+    request: Request[Any, Any, Any],
+    code: str,
+    message: str,
+    details: list[ErrorDetail] | None = None,
+    status: int | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response[ErrorBody]:
+    body = ErrorBody(code=code, message=message, details=details or [], request_id=request_id_of(request))
+    return Response(
+        body,
+        status_code=status or _STATUS.get(code, 500),
+        media_type=MediaType.JSON,
+        headers=headers,
+    )
+
+
+_PATH_RE = re.compile(r"at `\$(?P<path>[^`]*)`")
+
+
+def _field_from_msgspec(message: str, key: str | None) -> tuple[str, str]:
+    """msgspec says "Expected `int`, got `str` - at `$.agent.id`": field ``agent.id``."""
+    m = _PATH_RE.search(message)
+    if m:
+        path = m.group("path").lstrip(".")
+        path = re.sub(r"\[(\d+)\]", r".\1", path).lstrip(".")
+        return path or (key or "body"), _PATH_RE.sub("", message).rstrip(" -")
+    return (key if key and key != "data" else "body"), message
+
+
+def _from_validation(exc: ValidationException) -> list[ErrorDetail]:
+    out: list[ErrorDetail] = []
+    extra = exc.extra if isinstance(exc.extra, list) else []
+    for item in extra:
+        if isinstance(item, dict):
+            fld, issue = _field_from_msgspec(str(item.get("message", "")), item.get("key"))
+            out.append(ErrorDetail(field=fld, issue=issue[:500]))
+    return out
+
+
+def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+    if isinstance(exc, BastionError):
+        details = [ErrorDetail(field=d.field, issue=d.issue) for d in exc.details]
+        return error_response(request, exc.code, exc.message, details, headers=exc.headers or None)
+    if isinstance(exc, ValidationException):
+        details = _from_validation(exc)
+        msg = "Request body or query parameters failed validation."
+        if not details:
+            detail = str(exc.detail or "")
+            details = [ErrorDetail(field="body", issue=detail[:500] or "Invalid request.")]
+        return error_response(request, "VALIDATION_ERROR", msg, details, 400)
+    if isinstance(exc, HTTPException):
+        status = exc.status_code
+        code = _CODE_BY_STATUS.get(status, "INTERNAL_ERROR" if status >= 500 else "VALIDATION_ERROR")
+        message = {
+            404: "Resource does not exist or is not visible to the caller.",
+            405: "Method not allowed on this resource.",
+            413: "Request body too large.",
+        }.get(status, str(exc.detail or "Request failed."))
+        if status == 400:
+            return error_response(
+                request, code, "Malformed request.", [ErrorDetail("body", str(exc.detail)[:500])], 400
+            )
+        headers = dict(exc.headers or {}) or None
+        return error_response(request, code, message, None, status, headers)
+    if isinstance(exc, RecursionError):
+        # msgspec/Litestar blow the stack on pathologically nested JSON: that is bad input.
+        return error_response(
+            request, "VALIDATION_ERROR", "Malformed request.", [ErrorDetail("body", "JSON nested too deeply.")], 400
+        )
+    if _is_unavailable(exc):
+        log.warning("dependency unavailable: %s", type(exc).__name__)
+        return error_response(
+            request, "SERVICE_UNAVAILABLE", "Temporary outage. Retry with exponential backoff.", None, 503,
+            {"Retry-After": "1"},
+        )
+    log.exception("unhandled error", extra={"request_id": request_id_of(request)})
+    return error_response(
+        request, "INTERNAL_ERROR", "Unexpected server error. Include the request_id when reporting.", None, 500
+    )
+
+
+def _is_unavailable(exc: Exception) -> bool:
+    """Database or Redis unreachable: a 503 the client may retry, not a 500."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+    if isinstance(exc, (RedisConnectionError, RedisTimeoutError, OperationalError, InterfaceError, ConnectionError, TimeoutError, OSError)):
+        return True
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return False
+
+
+EXCEPTION_HANDLERS: dict[type[Exception], Any] = {Exception: handle_exception}

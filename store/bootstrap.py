@@ -1,0 +1,41 @@
+"""Idempotent first-run set-up: an organization, its owner and an owner API key."""
+from __future__ import annotations
+
+import asyncio
+
+from store import accounts
+from store.api_keys import display_prefix, generate_key, hash_key
+from store.passwords import hash_password, verify_password
+from store.runtime import Runtime
+
+
+class BootstrapConflict(Exception):
+    pass
+
+
+async def bootstrap(runtime: Runtime, slug: str, name: str, email: str, password: str) -> accounts.BootstrapResult:
+    """Create (or find) the org and the owner, and issue a fresh owner-role key.
+
+    Running it again with the same slug and email creates no new org or user and returns the
+    same ids with a new key. An existing user must be given their current password."""
+    email = email.strip().lower()
+    pw_hash = await asyncio.to_thread(hash_password, password)
+    async with runtime.sessions() as session, session.begin():
+        org = await accounts.get_org_by_slug(session, slug)
+        if org is None:
+            org = await accounts.create_org(session, name, slug)
+        user = await accounts.get_user_by_email(session, email)
+        if user is None:
+            user = await accounts.create_user(session, email, pw_hash)
+        elif not await asyncio.to_thread(verify_password, password, user.password_hash):
+            raise BootstrapConflict(f"user {email} exists with another password")
+        membership = await accounts.get_membership(session, org.id, user.id)
+        if membership is None:
+            await accounts.add_member(session, org.id, user.id, "owner")
+        elif membership.role != "owner":
+            raise BootstrapConflict(f"user {email} is a {membership.role} of {slug}, not its owner")
+        secret = generate_key()
+        await accounts.create_api_key(
+            session, org.id, "bootstrap", display_prefix(secret), hash_key(runtime.pepper, secret), "owner", None, email
+        )
+    return accounts.BootstrapResult(org_id=org.id, user_id=user.id, api_key=secret)

@@ -1,0 +1,150 @@
+"""SQLAlchemy 2 models. Ids are UUID strings (portable across SQLite and PostgreSQL)."""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from store.types import JSONType, UTCDateTime
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Organization(Base):
+    __tablename__ = "organizations"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(200))
+    slug: Mapped[str] = mapped_column(String(63), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class User(Base):
+    __tablename__ = "users"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    email: Mapped[str] = mapped_column(String(254), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Membership(Base):
+    __tablename__ = "memberships"
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    role: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    prefix: Mapped[str] = mapped_column(String(32))
+    # HMAC-SHA256(pepper, key) hex: the secret itself is never stored.
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(32))
+    uapk_ids: Mapped[list[str] | None] = mapped_column(JSONType, nullable=True)
+    created_by: Mapped[str | None] = mapped_column(String(254), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class Manifest(Base):
+    """One version of one agent's manifest. (org_id, uapk_id, version) is unique."""
+
+    __tablename__ = "manifests"
+    __table_args__ = (
+        UniqueConstraint("org_id", "uapk_id", "version", name="uq_manifest_version"),
+        Index("ix_manifests_org_status", "org_id", "status"),
+        Index("ix_manifests_org_uapk", "org_id", "uapk_id"),
+    )
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
+    uapk_id: Mapped[str] = mapped_column(String(63))
+    version: Mapped[str] = mapped_column(String(64))
+    team: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    status: Mapped[str] = mapped_column(String(16))
+    document: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    manifest_hash: Mapped[str] = mapped_column(String(80))
+    requested: Mapped[list[str]] = mapped_column(JSONType)
+    approved: Mapped[list[str]] = mapped_column(JSONType)
+    created_by: Mapped[str] = mapped_column(String(254))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    status_changed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    status_changed_by: Mapped[str] = mapped_column(String(254))
+    approved_by: Mapped[str | None] = mapped_column(String(254), nullable=True)
+    approved_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    rejected_by: Mapped[str | None] = mapped_column(String(254), nullable=True)
+    rejected_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    suspended_by: Mapped[str | None] = mapped_column(String(254), nullable=True)
+    suspended_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    reactivated_by: Mapped[str | None] = mapped_column(String(254), nullable=True)
+    reactivated_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    revoked_by: Mapped[str | None] = mapped_column(String(254), nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    superseded_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    notes: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class ManifestEvent(Base):
+    """Every state change of a manifest: who, when, from what to what, why."""
+
+    __tablename__ = "manifest_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    manifest_id: Mapped[str] = mapped_column(ForeignKey("manifests.id", ondelete="CASCADE"), index=True)
+    org_id: Mapped[str] = mapped_column(String(36), index=True)
+    from_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    to_status: Mapped[str] = mapped_column(String(16))
+    actor: Mapped[str] = mapped_column(String(254))
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    notes: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class Approval(Base):
+    """An escalated action waiting for (or decided by) a human."""
+
+    __tablename__ = "approvals"
+    __table_args__ = (Index("ix_approvals_org_status", "org_id", "status"),)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
+    uapk_id: Mapped[str] = mapped_column(String(63))
+    agent_id: Mapped[str] = mapped_column(String(200))
+    capability: Mapped[str] = mapped_column(String(200))
+    action: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    action_hash: Mapped[str] = mapped_column(String(64))
+    reasons: Mapped[list[dict[str, Any]]] = mapped_column(JSONType)
+    interaction_id: Mapped[str] = mapped_column(String(36))
+    requested_by_key: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    decided_by: Mapped[str | None] = mapped_column(String(254), nullable=True)
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    notes: Mapped[str | None] = mapped_column(Text, nullable=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    override_jti: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    override_token: Mapped[str | None] = mapped_column(Text, nullable=True)
+    override_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    override_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class ChangeLog(Base):
+    """A monotonically increasing counter per organization, bumped on every change that the
+    gateway's in-memory state depends on (manifests, keys, policy). Gateways poll it off the
+    hot path to catch up on a missed pub/sub message."""
+
+    __tablename__ = "org_state"
+    org_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())

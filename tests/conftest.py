@@ -1,0 +1,206 @@
+"""Shared fixtures: real PostgreSQL and Redis (this machine's and CI's), fresh state per test.
+
+Backends: ``sqlite`` = the embedded default (SQLite file, no Redis); ``postgres`` =
+PostgreSQL + Redis, as in production. API tests take the ``client`` fixture and so run on both.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import uuid
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import pytest
+import httpx
+
+PG_HOST, PG_PORT = "127.0.0.1", 5432
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+PG_ADMIN_URL = f"postgresql+asyncpg://postgres@{PG_HOST}:{PG_PORT}/test"
+REDIS_URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/15"
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    missing = [name for name, (h, p) in {"PostgreSQL": (PG_HOST, PG_PORT), "Redis": (REDIS_HOST, REDIS_PORT)}.items() if not _reachable(h, p)]
+    if missing:
+        msg = f"{' and '.join(missing)} unreachable on 127.0.0.1 (needed by the suite)"
+        if os.environ.get("CI") == "true":
+            pytest.exit(f"CI: {msg}", returncode=3)
+        pytest.exit(msg + "; start them (see README) and rerun", returncode=3)
+
+
+# --- database templates: migrate once per session, copy per test -------------------------
+_TEMPLATE_DIR = Path(os.environ.get("TMPDIR", "/tmp")) / f"bastion-tests-{os.getpid()}"
+_PG_TEMPLATE = f"bastion_tpl_{os.getpid()}"
+
+
+async def _pg_exec(sql: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(host=PG_HOST, port=PG_PORT, user="postgres", database="test")
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def sqlite_template() -> Path:
+    from store.migrate import upgrade
+
+    _TEMPLATE_DIR.mkdir(parents=True, exist_ok=True)
+    path = _TEMPLATE_DIR / "template.db"
+    upgrade(f"sqlite+aiosqlite:///{path}")
+    yield path
+    shutil.rmtree(_TEMPLATE_DIR, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_template() -> str:
+    from store.migrate import upgrade
+
+    asyncio.run(_pg_exec(f'DROP DATABASE IF EXISTS "{_PG_TEMPLATE}"'))
+    asyncio.run(_pg_exec(f'CREATE DATABASE "{_PG_TEMPLATE}"'))
+    upgrade(f"postgresql+asyncpg://postgres@{PG_HOST}:{PG_PORT}/{_PG_TEMPLATE}")
+    yield _PG_TEMPLATE
+    asyncio.run(_pg_exec(f'DROP DATABASE IF EXISTS "{_PG_TEMPLATE}"'))
+
+
+@pytest.fixture
+def sqlite_url(sqlite_template: Path, tmp_path: Path) -> str:
+    target = tmp_path / "bastion.db"
+    shutil.copy(sqlite_template, target)
+    return f"sqlite+aiosqlite:///{target}"
+
+
+@pytest.fixture
+def pg_url(pg_template: str) -> Any:
+    name = f"bastion_t_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_pg_exec(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"'))
+    yield f"postgresql+asyncpg://postgres@{PG_HOST}:{PG_PORT}/{name}"
+    asyncio.run(_pg_exec(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def redis_url() -> str:
+    import redis
+
+    r = redis.Redis.from_url(REDIS_URL)
+    r.flushdb()
+    r.close()
+    return REDIS_URL
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def settings_factory(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """Settings for the chosen backend; keyword overrides win."""
+    from core.settings import load_settings
+
+    if backend == "sqlite":
+        db = request.getfixturevalue("sqlite_url")
+        redis = None
+    else:
+        db = request.getfixturevalue("pg_url")
+        redis = request.getfixturevalue("redis_url")
+
+    def make(**overrides: Any) -> Any:
+        values: dict[str, Any] = {"database_url": db, "redis_url": redis, "data_dir": tmp_path / "data"}
+        values.update(overrides)
+        return load_settings(env={}, **values)
+
+    return make
+
+
+@pytest.fixture
+def settings(settings_factory: Any) -> Any:
+    return settings_factory()
+
+
+class Client(httpx.AsyncClient):
+    """An httpx client bound to the app in this event loop (the test's own), so tests may
+    also use the app's engine and Redis directly. ``client.app`` is the Litestar app."""
+
+    app: Any
+
+
+@asynccontextmanager
+async def serve_app(app: Any) -> AsyncIterator[Client]:
+    async with app.state.lifespan(app):
+        async with Client(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as c:
+            c.app = app
+            yield c
+
+
+@pytest.fixture
+async def client(settings: Any) -> AsyncIterator[Client]:
+    from bastion.app import create_app
+
+    async with serve_app(create_app(settings)) as c:
+        yield c
+
+
+@dataclass
+class Org:
+    org_id: str
+    user_id: str
+    owner_key: str
+    email: str
+    password: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"X-API-Key": self.owner_key}
+
+
+async def bootstrap_org(app: Any, slug: str = "acme", email: str = "owner@acme.com", password: str = "owner-pass-123") -> Org:
+    from store.bootstrap import bootstrap
+
+    result = await bootstrap(app.state.runtime, slug, slug.title(), email, password)
+    return Org(result.org_id, result.user_id, result.api_key, email, password)
+
+
+@pytest.fixture
+async def org(client: Client) -> Org:
+    return await bootstrap_org(client.app)
+
+
+@pytest.fixture
+async def other_org(client: Client) -> Org:
+    return await bootstrap_org(client.app, "globex", "owner@globex.com")
+
+
+async def make_key(client: Client, org: Org, role: str, uapk_ids: list[str] | None = None, name: str | None = None) -> str:
+    body: dict[str, Any] = {"name": name or f"{role}-key", "role": role}
+    if uapk_ids is not None:
+        body["uapk_ids"] = uapk_ids
+    r = await client.post(f"/api/v1/orgs/{org.org_id}/api-keys", json=body, headers=org.headers)
+    assert r.status_code == 201, r.text
+    return r.json()["key"]  # type: ignore[no-any-return]
+
+
+def assert_error(response: Any, status: int, code: str) -> dict[str, Any]:
+    """The spec's error body, with the request id echoed in the header."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"code", "message", "details", "request_id"}, body
+    assert body["code"] == code, body
+    assert isinstance(body["details"], list)
+    assert body["request_id"] == response.headers["x-request-id"]
+    return body  # type: ignore[no-any-return]
