@@ -45,7 +45,13 @@ class Runtime:
         keys = KeyStore.load_or_create(key_path)
         pepper = load_pepper(settings.data_dir, settings.api_key_pepper)
         redis = make_redis(settings.redis_url) if settings.redis_url else None
-        bus: ChangeBus = RedisChangeBus(make_pubsub_redis(settings.redis_url)) if settings.redis_url else ChangeBus()
+        bus: ChangeBus = ChangeBus()
+        if settings.redis_url:
+            sub = make_pubsub_redis(settings.redis_url)
+            # Pub/sub channels are global to a Redis server; scope ours by database number so
+            # deployments (and test runs) sharing one server on different DBs stay apart.
+            db = sub.connection_pool.connection_kwargs.get("db", 0)
+            bus = RedisChangeBus(sub, channel=f"bastion:changes:{db}")
         return cls(settings, engine, make_sessionmaker(engine), keys, pepper, bus, redis)
 
     async def start(self) -> None:

@@ -21,7 +21,9 @@ import httpx
 PG_HOST, PG_PORT = "127.0.0.1", 5432
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 PG_ADMIN_URL = f"postgresql+asyncpg://postgres@{PG_HOST}:{PG_PORT}/test"
-REDIS_URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/15"
+# Each concurrent test run on one machine may pick its own DB (the fixture flushes it).
+REDIS_DB = int(os.environ.get("BASTION_TEST_REDIS_DB", "15"))
+REDIS_URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}"
 
 
 def _reachable(host: str, port: int) -> bool:
