@@ -104,6 +104,9 @@ class Settings:
     # Approvals and override tokens.
     approval_ttl_seconds: int = 24 * 3600
     override_token_ttl_seconds: int = 300
+    # Capability tokens: default and maximum lifetime.
+    capability_token_ttl_seconds: int = 900
+    capability_token_max_ttl_seconds: int = 24 * 3600
     # Keys: a PEM file path for the signing key in production; unset = generated under data_dir.
     signing_key_file: str | None = None
     api_key_pepper: str | None = None
@@ -145,6 +148,8 @@ _SPEC: dict[str, tuple[str, Callable[[str], object]]] = {
     "BASTION_DEFAULT_MAX_ACTIONS_PER_DAY": ("default_max_actions_per_day", _int("BASTION_DEFAULT_MAX_ACTIONS_PER_DAY", 1, 10**9)),
     "BASTION_APPROVAL_TTL_SECONDS": ("approval_ttl_seconds", _int("BASTION_APPROVAL_TTL_SECONDS", 60, 30 * 86400)),
     "BASTION_OVERRIDE_TOKEN_TTL_SECONDS": ("override_token_ttl_seconds", _int("BASTION_OVERRIDE_TOKEN_TTL_SECONDS", 10, 86400)),
+    "BASTION_CAPABILITY_TOKEN_TTL_SECONDS": ("capability_token_ttl_seconds", _int("BASTION_CAPABILITY_TOKEN_TTL_SECONDS", 10, 30 * 86400)),
+    "BASTION_CAPABILITY_TOKEN_MAX_TTL_SECONDS": ("capability_token_max_ttl_seconds", _int("BASTION_CAPABILITY_TOKEN_MAX_TTL_SECONDS", 10, 30 * 86400)),
     "BASTION_SIGNING_KEY_FILE": ("signing_key_file", _str("BASTION_SIGNING_KEY_FILE")),
     "BASTION_API_KEY_PEPPER": ("api_key_pepper", _str("BASTION_API_KEY_PEPPER")),
     "BASTION_ISSUER": ("issuer", _host("BASTION_ISSUER")),
