@@ -148,3 +148,24 @@ class ChangeLog(Base):
     org_id: Mapped[str] = mapped_column(String(36), primary_key=True)
     version: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class CapabilityToken(Base):
+    """Metadata of an issued capability token (never the token itself)."""
+
+    __tablename__ = "capability_tokens"
+    __table_args__ = (Index("ix_captokens_org", "org_id", "created_at"),)
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # the JWT's jti
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
+    uapk_id: Mapped[str] = mapped_column(String(63))
+    agent_id: Mapped[str] = mapped_column(String(200))
+    manifest_hash: Mapped[str] = mapped_column(String(80))
+    capabilities: Mapped[list[str]] = mapped_column(JSONType)
+    constraints: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    kid: Mapped[str] = mapped_column(String(64))
+    issued_via: Mapped[str] = mapped_column(String(16))  # "gateway" (agent key) or "admin"
+    issued_by: Mapped[str] = mapped_column(String(254))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True, index=True)
+    revoked_by: Mapped[str | None] = mapped_column(String(254), nullable=True)
