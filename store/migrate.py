@@ -17,5 +17,6 @@ def alembic_config(database_url: str) -> Config:
 
 
 def upgrade(database_url: str) -> None:
-    """Bring the schema to the newest revision. Safe to run repeatedly (Alembic tracks it)."""
-    command.upgrade(alembic_config(database_url), "head")
+    """Bring the schema to the newest revision(s). Safe to run repeatedly (Alembic tracks it).
+    "heads": branches developed in parallel apply even before they are merged."""
+    command.upgrade(alembic_config(database_url), "heads")
