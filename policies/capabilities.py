@@ -41,3 +41,17 @@ def matches_any(patterns: "list[str] | tuple[str, ...] | frozenset[str]", capabi
 def casbin_match(capability: str, pattern: str) -> bool:
     """The same matcher, registered as a Casbin function (``capMatch(r.obj, p.obj)``)."""
     return is_valid_pattern(pattern) and is_valid_pattern(capability) and matches(pattern, capability)
+
+
+def covers(granting: str, requested: str) -> bool:
+    """Is every capability that ``requested`` can match also matched by ``granting``?
+
+    Used when narrowing (a token may ask for ``crm:*`` only if the manifest grants ``crm:*``
+    or ``*:*``; ``crm:read`` alone does not cover it)."""
+    g_res, _, g_act = granting.partition(":")
+    r_res, _, r_act = requested.partition(":")
+    return (g_res == "*" or g_res == r_res) and (g_act == "*" or g_act == r_act)
+
+
+def covered_by_any(grants: "list[str] | tuple[str, ...]", requested: str) -> bool:
+    return any(covers(g, requested) for g in grants)
