@@ -47,10 +47,9 @@ def covers(granting: str, requested: str) -> bool:
     """Is every capability that ``requested`` can match also matched by ``granting``?
 
     Used when narrowing (a token may ask for ``crm:*`` only if the manifest grants ``crm:*``
-    or ``*:*``; ``crm:read`` alone does not cover it)."""
-    g_res, _, g_act = granting.partition(":")
-    r_res, _, r_act = requested.partition(":")
-    return (g_res == "*" or g_res == r_res) and (g_act == "*" or g_act == r_act)
+    or ``*:*``; ``crm:read`` alone does not cover it). Segment by segment this is exactly
+    ``matches``: a ``*`` in ``requested`` is only equal to a ``*`` in ``granting``."""
+    return matches(granting, requested)
 
 
 def covered_by_any(grants: "list[str] | tuple[str, ...]", requested: str) -> bool:
