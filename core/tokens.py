@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -53,7 +53,6 @@ def verify(
     issuer: str,
     audience: str,
     required: tuple[str, ...] = ("exp", "iat", "nbf", "jti", "iss", "aud", "sub"),
-    now: Callable[[], float] | None = None,
 ) -> dict[str, Any]:
     if not isinstance(token, str) or len(token) > 8192:
         raise TokenInvalid("invalid", "token is not a string of sane length")

@@ -34,6 +34,18 @@ class KeyStore:
         self._keys = {k.kid: k for k in keys}
         self.active_kid = active_kid
         self.path = path
+        self._mtime = path.stat().st_mtime_ns if path is not None and path.exists() else 0
+
+    def reload_if_changed(self) -> bool:
+        """Pick up ``bastion keys rotate``/``retire`` done by another process (file mtime)."""
+        if self.path is None or not self.path.exists():
+            return False
+        mtime = self.path.stat().st_mtime_ns
+        if mtime == self._mtime:
+            return False
+        fresh = KeyStore._load(self.path)
+        self._keys, self.active_kid, self._mtime = fresh._keys, fresh.active_kid, mtime
+        return True
 
     @property
     def signing_key(self) -> SigningKey:
@@ -101,6 +113,7 @@ class KeyStore:
             json.dump(data, fh)
         os.chmod(tmp, 0o600)
         os.replace(tmp, self.path)
+        self._mtime = self.path.stat().st_mtime_ns
 
     def rotate(self) -> str:
         key = _new_key()
