@@ -122,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--admin-email", required=True)
     p.add_argument("--admin-password", required=True)
     p.set_defaults(func=cmd_bootstrap)
+    from bastion import keys_cli
+
+    keys_cli.register(sub).set_defaults(func=lambda a: keys_cli.run(a, _settings()))
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)
 

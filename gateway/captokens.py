@@ -1,0 +1,326 @@
+"""Capability tokens: issue, verify, narrow, revoke.
+
+A capability token is an EdDSA JWT (typ ``bastion-capability+jwt``) that lets an agent, or a
+tool it calls, prove what it may do for a short time. It only ever narrows: at the gateway the
+action's capability must be in the token AND granted by the still-active manifest the token
+was issued against (``manifest_hash``).
+
+Hot path: verifying an Ed25519 signature costs tens of microseconds, so verified claims are
+cached by token string (bounded, and re-checked against ``exp``/``nbf`` on every use);
+revocation is an in-memory set fed by the change bus (pub/sub) and a periodic catch-up
+query, so a decision never makes an extra round trip for it.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from core.canonical import canonical_json
+from core.clock import utcnow
+from core.errors import FieldIssue, PermissionDenied, ValidationFailed
+from core.tokens import CAPABILITY_TYP, LEEWAY_SECONDS, TokenInvalid, sign, verify
+from policies.capabilities import covered_by_any, is_valid_pattern, matches_any
+from store import captokens as repo
+from store.changes import announce
+from store.runtime import Runtime
+
+log = logging.getLogger("bastion.captokens")
+
+CAPABILITY_AUDIENCE = "bastion-gateway"
+REQUIRED_CLAIMS = ("iss", "aud", "sub", "org_id", "uapk_id", "manifest_hash", "capabilities", "constraints", "iat", "nbf", "exp", "jti")
+CONSTRAINT_KEYS = {"max_amount", "currencies"}
+MAX_CAPABILITIES = 64
+
+
+@dataclass(frozen=True, slots=True)
+class CapClaims:
+    jti: str
+    org_id: str
+    uapk_id: str
+    agent_id: str
+    manifest_hash: str
+    capabilities: tuple[str, ...]
+    constraints: dict[str, Any]
+    exp: int
+    nbf: int
+    kid: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenProblem:
+    code: str
+    message: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+# --- validation of a request to issue ----------------------------------------------------
+def validate_request(capabilities: Any, constraints: Any, expires_in: Any, default_ttl: int, max_ttl: int) -> tuple[list[str], dict[str, Any], int]:
+    issues: list[FieldIssue] = []
+    if not isinstance(capabilities, list) or not capabilities:
+        issues.append(FieldIssue("capabilities", "At least one capability is required."))
+        capabilities = []
+    elif len(capabilities) > MAX_CAPABILITIES:
+        issues.append(FieldIssue("capabilities", f"At most {MAX_CAPABILITIES} capabilities."))
+        capabilities = []
+    for i, cap in enumerate(capabilities):
+        if not is_valid_pattern(cap):
+            issues.append(FieldIssue(f"capabilities.{i}", "Must be resource:action, each segment [a-z0-9_-]+ or a whole *."))
+    constraints = {} if constraints is None else constraints
+    if not isinstance(constraints, dict):
+        issues.append(FieldIssue("constraints", "Must be an object."))
+        constraints = {}
+    for key, value in constraints.items():
+        if key not in CONSTRAINT_KEYS:
+            issues.append(FieldIssue(f"constraints.{key}", f"Unknown constraint; allowed: {', '.join(sorted(CONSTRAINT_KEYS))}."))
+        elif key == "max_amount" and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+            issues.append(FieldIssue("constraints.max_amount", "Must be a non-negative number."))
+        elif key == "currencies" and (
+            not isinstance(value, list) or not value or len(value) > 32
+            or not all(isinstance(c, str) and len(c) == 3 and c.isascii() and c.isalpha() and c.isupper() for c in value)
+        ):
+            issues.append(FieldIssue("constraints.currencies", "Must be a list of 1-32 ISO 4217 codes (e.g. EUR)."))
+    ttl = default_ttl if expires_in is None else expires_in
+    if isinstance(ttl, bool) or not isinstance(ttl, int) or not 10 <= ttl <= max_ttl:
+        issues.append(FieldIssue("expires_in_seconds", f"Must be an integer between 10 and {max_ttl}."))
+    if issues:
+        raise ValidationFailed("Request body failed validation.", issues)
+    return sorted(set(capabilities)), constraints, int(ttl)
+
+
+async def issue(
+    runtime: Runtime,
+    *,
+    org_id: str,
+    uapk_id: str,
+    agent_id: str,
+    capabilities: list[str],
+    constraints: dict[str, Any],
+    ttl: int,
+    issued_via: str,
+    issued_by: str,
+) -> tuple[str, CapClaims, datetime]:
+    """Sign a token for an active manifest; 403 naming every capability it does not grant."""
+    s = runtime.settings
+    async with runtime.sessions() as session, session.begin():
+        manifest = await repo.active_manifest(session, org_id, uapk_id)
+        if manifest is None:
+            raise PermissionDenied(f"UAPK '{uapk_id}' has no active manifest in this organization.")
+        approved = list(manifest.approved or [])
+        missing = [(i, c) for i, c in enumerate(capabilities) if not covered_by_any(approved, c)]
+        if missing:
+            raise PermissionDenied(
+                "Capabilities not granted by the manifest: " + ", ".join(c for _, c in missing),
+                [FieldIssue(f"capabilities.{i}", f"'{c}' is not granted by the active manifest.") for i, c in missing],
+            )
+        now = time.time()
+        claims = {
+            "iss": s.issuer,
+            "aud": CAPABILITY_AUDIENCE,
+            "sub": agent_id,
+            "org_id": org_id,
+            "uapk_id": uapk_id,
+            "manifest_hash": manifest.manifest_hash,
+            "capabilities": capabilities,
+            "constraints": constraints,
+        }
+        token = sign(runtime.keys, CAPABILITY_TYP, claims, ttl, now=now)
+        decoded = _decode_trusted(token)
+        expires_at = datetime.fromtimestamp(decoded["exp"], timezone.utc)
+        await repo.record(
+            session,
+            id=decoded["jti"], org_id=org_id, uapk_id=uapk_id, agent_id=agent_id,
+            manifest_hash=manifest.manifest_hash, capabilities=capabilities, constraints=constraints,
+            kid=runtime.keys.active_kid, issued_via=issued_via, issued_by=issued_by,
+            created_at=datetime.fromtimestamp(decoded["iat"], timezone.utc), expires_at=expires_at,
+        )
+    return token, _claims(decoded, runtime.keys.active_kid), expires_at
+
+
+def _decode_trusted(token: str) -> dict[str, Any]:
+    import jwt
+
+    return jwt.decode(token, options={"verify_signature": False})  # we just signed it
+
+
+def _claims(d: dict[str, Any], kid: str) -> CapClaims:
+    return CapClaims(
+        jti=str(d["jti"]), org_id=str(d["org_id"]), uapk_id=str(d["uapk_id"]), agent_id=str(d["sub"]),
+        manifest_hash=str(d["manifest_hash"]), capabilities=tuple(d["capabilities"]),
+        constraints=dict(d["constraints"]), exp=int(d["exp"]), nbf=int(d["nbf"]), kid=kid,
+    )
+
+
+# --- revocation --------------------------------------------------------------------------
+class RevocationList:
+    """jti -> expiry (epoch s) of revoked tokens still worth remembering."""
+
+    def __init__(self) -> None:
+        self._revoked: dict[str, float] = {}
+        self._since: datetime | None = None
+
+    def __contains__(self, jti: str) -> bool:
+        return jti in self._revoked
+
+    def add(self, jti: str, exp: float) -> None:
+        if exp > time.time() - LEEWAY_SECONDS:
+            self._revoked[jti] = exp
+
+    def prune(self) -> None:
+        # Kept until the token would have expired anyway (plus the verification leeway).
+        horizon = time.time() - LEEWAY_SECONDS
+        for jti in [j for j, e in self._revoked.items() if e < horizon]:
+            del self._revoked[jti]
+
+    async def refresh(self, runtime: Runtime) -> None:
+        """Catch up from SQL (start-up and periodically: a missed pub/sub message is healed)."""
+        now = utcnow()
+        since = self._since - timedelta(seconds=5) if self._since else None
+        async with runtime.sessions() as session:
+            rows = await repo.revoked_since(session, since, now)
+        for jti, exp, _ in rows:
+            self.add(jti, exp.timestamp())
+        self._since = now
+        self.prune()
+
+    async def on_change(self, message: dict[str, Any]) -> None:
+        if message.get("kind") == "capability_token_revoked":
+            jti, exp = message.get("jti"), message.get("exp")
+            if isinstance(jti, str) and isinstance(exp, (int, float)):
+                self.add(jti, float(exp))
+
+
+async def revoke(runtime: Runtime, org_id: str, token_id: str, by: str) -> Any:
+    async with runtime.sessions() as session, session.begin():
+        row = await repo.revoke(session, org_id, token_id, by, utcnow())
+    if row is not None:
+        await announce(runtime.bus, "capability_token_revoked", org_id, jti=row.id, exp=row.expires_at.timestamp())
+    return row
+
+
+# --- verification ------------------------------------------------------------------------
+class CapabilityVerifier:
+    """Verifies tokens against the key set; caches verified claims by token string."""
+
+    CACHE_SIZE = 10_000
+
+    def __init__(self, runtime: Runtime, revocations: RevocationList):
+        self.runtime = runtime
+        self.revocations = revocations
+        self._cache: OrderedDict[str, CapClaims] = OrderedDict()
+
+    def verify(self, token: str, now: float | None = None) -> CapClaims | TokenProblem:
+        now = time.time() if now is None else now
+        claims = self._cache.get(token)
+        if claims is None:
+            s = self.runtime.settings
+            try:
+                raw = verify(
+                    self.runtime.keys, token, CAPABILITY_TYP, issuer=s.issuer, audience=CAPABILITY_AUDIENCE,
+                    required=REQUIRED_CLAIMS,
+                )
+                claims = _claims(raw, "")
+                _check_shapes(claims)
+            except TokenInvalid as exc:
+                code = "capability_token_expired" if exc.reason == "expired" else "capability_token_invalid"
+                return TokenProblem(code, f"Capability token rejected: {exc}.")
+            except (KeyError, TypeError, ValueError):
+                return TokenProblem("capability_token_invalid", "Capability token has malformed claims.")
+            self._cache[token] = claims
+            if len(self._cache) > self.CACHE_SIZE:
+                self._cache.popitem(last=False)
+        # Time checks again on every use: a cached token still expires.
+        if now > claims.exp + LEEWAY_SECONDS:
+            self._cache.pop(token, None)
+            return TokenProblem("capability_token_expired", "Capability token has expired.")
+        if now < claims.nbf - LEEWAY_SECONDS:
+            return TokenProblem("capability_token_invalid", "Capability token is not yet valid.")
+        if claims.jti in self.revocations:
+            return TokenProblem("capability_token_revoked", "Capability token has been revoked.")
+        return claims
+
+
+def _check_shapes(c: CapClaims) -> None:
+    if not all(isinstance(x, str) for x in c.capabilities) or not c.capabilities:
+        raise ValueError("capabilities")
+    if not isinstance(c.constraints, dict):
+        raise ValueError("constraints")
+
+
+def check_action(
+    claims: CapClaims,
+    *,
+    org_id: str,
+    uapk_id: str,
+    agent_id: str,
+    manifest_hash: str,
+    capability: str,
+    amount: float | None,
+    currency: str | None,
+) -> TokenProblem | None:
+    """The token must be for this org, UAPK and agent, issued against the manifest now active,
+    and must include the capability (and satisfy its constraints)."""
+    if claims.org_id != org_id:
+        # Do not reveal anything about other organizations.
+        return TokenProblem("capability_token_invalid", "Capability token is not valid for this organization.")
+    if claims.uapk_id != uapk_id or claims.agent_id != agent_id:
+        return TokenProblem("token_agent_mismatch", "Capability token was issued to another agent.",
+                            {"token_uapk_id": claims.uapk_id, "token_agent_id": claims.agent_id})
+    if claims.manifest_hash != manifest_hash:
+        return TokenProblem("capability_token_revoked", "Capability token was issued for another manifest version.")
+    if not matches_any(claims.capabilities, capability):
+        return TokenProblem("capability_not_in_token", f"Capability '{capability}' is not in the token.",
+                            {"capability": capability, "token_capabilities": list(claims.capabilities)})
+    max_amount = claims.constraints.get("max_amount")
+    if max_amount is not None and (amount is None or amount > max_amount):
+        return TokenProblem("capability_not_in_token", "Amount exceeds the token's max_amount constraint.",
+                            {"constraint": "max_amount", "limit": max_amount})
+    currencies = claims.constraints.get("currencies")
+    if currencies is not None and currency not in currencies:
+        return TokenProblem("capability_not_in_token", "Currency is not allowed by the token.",
+                            {"constraint": "currencies", "allowed": currencies})
+    return None
+
+
+def constraints_size_ok(constraints: dict[str, Any]) -> bool:
+    return len(canonical_json(constraints)) <= 4096
+
+
+class TokenService:
+    """Per-process state: the verifier, the revocation list and its catch-up task."""
+
+    POLL_SECONDS = 2.0
+
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
+        self.revocations = RevocationList()
+        self.verifier = CapabilityVerifier(runtime, self.revocations)
+        self._task: asyncio.Task[None] | None = None
+        runtime.bus.subscribe(self.revocations.on_change)
+
+    async def start(self) -> None:
+        await self.revocations.refresh(self.runtime)
+        self._task = asyncio.create_task(self._poll(), name="bastion-captoken-revocations")
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.POLL_SECONDS)
+            try:
+                await self.revocations.refresh(self.runtime)
+                self.runtime.keys.reload_if_changed()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # database down: keep the list we have, retry
+                log.warning("revocation catch-up failed: %s", type(exc).__name__)
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
