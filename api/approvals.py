@@ -1,0 +1,213 @@
+"""Human side of approvals: list, read, approve (issues the override token), deny.
+
+Reading needs ``approvals:read`` (viewer and above), deciding ``approvals:decide`` (approver
+and above). Statuses are uppercase on the wire (PENDING, APPROVED, DENIED, EXPIRED); the
+``status`` filter accepts either case.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import msgspec
+from litestar import Controller, Request, get, post
+from litestar.status_codes import HTTP_200_OK
+
+from api.validation import Checker, has_control_chars
+from core.clock import utcnow
+from core.errors import Conflict, NotFound
+from gateway.approvals import wire
+from gateway.overrides import issue_override
+from httpkit.auth import admit
+from httpkit.pagination import page_params
+from store import approvals as repo
+from store.models import Approval
+from store.runtime import Runtime
+
+MIN_OVERRIDE_TTL = 10
+MAX_OVERRIDE_TTL = 86400
+MAX_NOTES = 4000
+MAX_REASON = 1000
+
+
+class Strict(msgspec.Struct, forbid_unknown_fields=True):
+    pass
+
+
+class ApproveRequest(Strict):
+    notes: str | None = None
+    expires_in_seconds: int | None = None
+
+
+class DenyRequest(Strict):
+    reason: str | None = None
+    notes: str | None = None
+
+
+class ApprovalOut(msgspec.Struct):
+    approval_id: str
+    status: str
+    uapk_id: str
+    agent_id: str
+    capability: str
+    action: dict[str, Any]
+    reasons: list[dict[str, Any]]
+    interaction_id: str
+    created_at: str
+    expires_at: str
+    decided_by: str | None = None
+    decided_at: str | None = None
+    notes: str | None = None
+    reason: str | None = None
+    override_expires_at: str | None = None
+    override_used_at: str | None = None
+
+
+class ApprovalDecided(ApprovalOut):
+    override_token: str | None = None
+
+
+class ApprovalList(msgspec.Struct):
+    items: list[ApprovalOut]
+    total: int
+
+
+def _runtime(request: Request[Any, Any, Any]) -> Runtime:
+    return request.app.state.runtime  # type: ignore[no-any-return]
+
+
+def _out(approval: Approval, now: datetime) -> ApprovalOut:
+    data = wire(approval, now, include_token=False)
+    return msgspec.convert(data, ApprovalOut)
+
+
+def _decided(approval: Approval, now: datetime) -> ApprovalDecided:
+    return msgspec.convert(wire(approval, now, include_token=True), ApprovalDecided)
+
+
+def _free_text(c: Checker, field: str, value: str | None, max_len: int) -> None:
+    if value is None:
+        return
+    if len(value) > max_len:
+        c.add(field, f"Must be at most {max_len} characters.")
+    elif has_control_chars(value.replace("\n", " ").replace("\t", " ").replace("\r", " ")):
+        c.add(field, "Must not contain control characters.")
+
+
+def _not_pending(approval: Approval, now: datetime) -> Conflict:
+    status = repo.effective_status(approval, now)
+    if status == repo.EXPIRED:
+        return Conflict("The approval has expired and can no longer be decided.")
+    return Conflict(f"The approval is not pending (status {status}).")
+
+
+async def _load(runtime: Runtime, org_id: str, approval_id: str) -> Approval:
+    async with runtime.sessions() as session:
+        approval = await repo.get(session, org_id, approval_id)
+    if approval is None:
+        raise NotFound()
+    return approval
+
+
+class ApprovalController(Controller):
+    path = "/api/v1/orgs/{org_id:str}/approvals"
+    tags = ["approvals"]
+
+    @get("/", summary="List approvals (filters: status, uapk_id)")
+    async def list_approvals(self, request: Request[Any, Any, Any], org_id: str) -> ApprovalList:
+        caller = await admit(request, org_id, "approvals", "read")
+        page = page_params(request.query_params)
+        q = request.query_params
+        c = Checker()
+        status = q.get("status")
+        if status is not None:
+            status = str(status).strip().upper()
+            if status not in repo.STATUSES:
+                c.add("status", f"Must be one of {', '.join(repo.STATUSES)} (either case).")
+        uapk_id = q.get("uapk_id")
+        if uapk_id is not None and (not uapk_id or len(uapk_id) > 63):
+            c.add("uapk_id", "Must be 1-63 characters.")
+        c.check()
+        now = utcnow()
+        async with _runtime(request).sessions() as session:
+            rows, total = await repo.list_for_org(
+                session, org_id, now=now, status=status, uapk_id=uapk_id,
+                uapk_ids=caller.principal.uapk_ids, limit=page.limit, offset=page.offset,
+            )
+        return ApprovalList(items=[_out(a, now) for a in rows], total=total)
+
+    @get("/{approval_id:str}", summary="One approval")
+    async def get_approval(self, request: Request[Any, Any, Any], org_id: str, approval_id: str) -> ApprovalOut:
+        caller = await admit(request, org_id, "approvals", "read")
+        approval = await _load(_runtime(request), org_id, approval_id)
+        if caller.principal.uapk_ids is not None and approval.uapk_id not in caller.principal.uapk_ids:
+            raise NotFound()
+        return _out(approval, utcnow())
+
+    @post("/{approval_id:str}/approve", status_code=HTTP_200_OK, summary="Approve: issues a single-use override token")
+    async def approve(
+        self, request: Request[Any, Any, Any], org_id: str, approval_id: str, data: ApproveRequest | None = None
+    ) -> ApprovalDecided:
+        caller = await admit(request, org_id, "approvals", "decide")
+        body = data or ApproveRequest()
+        runtime = _runtime(request)
+        c = Checker()
+        _free_text(c, "notes", body.notes, MAX_NOTES)
+        ttl = runtime.settings.override_token_ttl_seconds if body.expires_in_seconds is None else body.expires_in_seconds
+        if body.expires_in_seconds is not None and not MIN_OVERRIDE_TTL <= ttl <= MAX_OVERRIDE_TTL:
+            c.add("expires_in_seconds", f"Must be between {MIN_OVERRIDE_TTL} and {MAX_OVERRIDE_TTL}.")
+        c.check()
+        approval = await _load(runtime, org_id, approval_id)
+        if caller.principal.uapk_ids is not None and approval.uapk_id not in caller.principal.uapk_ids:
+            raise NotFound()
+        now = utcnow()
+        if repo.effective_status(approval, now) != repo.PENDING:
+            raise _not_pending(approval, now)
+        action = approval.action or {}
+        params = action.get("params")
+        token, jti, exp = issue_override(
+            runtime.keys, runtime.settings,
+            approval_id=approval.id, org_id=org_id, uapk_id=approval.uapk_id, agent_id=approval.agent_id,
+            capability=approval.capability, params=params if isinstance(params, dict) else {},
+            amount=action.get("amount"), currency=action.get("currency"), ttl_seconds=ttl,
+        )
+        async with runtime.sessions() as session, session.begin():
+            won = await repo.decide(
+                session, org_id, approval_id, to_status=repo.APPROVED, actor=caller.actor, now=now,
+                notes=body.notes, override_jti=jti, override_token=token,
+                override_expires_at=datetime.fromtimestamp(exp, timezone.utc),
+            )
+        approval = await _load(runtime, org_id, approval_id)
+        if not won:
+            raise _not_pending(approval, utcnow())
+        return _decided(approval, utcnow())
+
+    @post("/{approval_id:str}/deny", status_code=HTTP_200_OK, summary="Deny an escalated action")
+    async def deny(
+        self, request: Request[Any, Any, Any], org_id: str, approval_id: str, data: DenyRequest | None = None
+    ) -> ApprovalOut:
+        caller = await admit(request, org_id, "approvals", "decide")
+        body = data or DenyRequest()
+        c = Checker()
+        _free_text(c, "reason", body.reason, MAX_REASON)
+        _free_text(c, "notes", body.notes, MAX_NOTES)
+        c.check()
+        runtime = _runtime(request)
+        approval = await _load(runtime, org_id, approval_id)
+        if caller.principal.uapk_ids is not None and approval.uapk_id not in caller.principal.uapk_ids:
+            raise NotFound()
+        now = utcnow()
+        if repo.effective_status(approval, now) != repo.PENDING:
+            raise _not_pending(approval, now)
+        async with runtime.sessions() as session, session.begin():
+            won = await repo.decide(
+                session, org_id, approval_id, to_status=repo.DENIED, actor=caller.actor, now=now,
+                notes=body.notes, reason=body.reason,
+            )
+        approval = await _load(runtime, org_id, approval_id)
+        if not won:
+            raise _not_pending(approval, utcnow())
+        return _out(approval, utcnow())
+
+
+ROUTES = [ApprovalController]

@@ -1,0 +1,43 @@
+"""Agent side of approvals: ``GET /api/v1/approvals/{approval_id}`` with the agent's API key.
+
+The UAPK SDK polls this endpoint after an ESCALATE and compares ``status`` with the
+uppercase strings ``"APPROVED"`` and ``"DENIED"``; once approved it retries the execute with
+``override_token``."""
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request, get
+
+from core.clock import utcnow
+from core.errors import AuthenticationRequired, NotFound
+from gateway.approvals import wire
+from httpkit.auth import authenticator, rate_limit
+from store import approvals as repo
+from store.runtime import Runtime
+
+# What the agent sees: no approver identity or internal notes.
+_AGENT_FIELDS = (
+    "approval_id", "status", "uapk_id", "agent_id", "capability", "action", "reasons", "interaction_id",
+    "created_at", "expires_at", "decided_at", "reason", "override_token", "override_expires_at",
+)
+
+
+@get("/api/v1/approvals/{approval_id:str}", tags=["gateway"], summary="An approval's status (and override token once approved)")
+async def agent_get_approval(request: Request[Any, Any, Any], approval_id: str) -> dict[str, Any]:
+    if not request.headers.get("x-api-key"):
+        raise AuthenticationRequired("Missing credentials: send X-API-Key.")
+    principal = await authenticator(request).authenticate(request, sessions=False)
+    org_id = principal.org_id or ""
+    request.scope.setdefault("state", {})["org_id"] = org_id
+    await rate_limit(request, "standard", org_id)
+    runtime: Runtime = request.app.state.runtime
+    async with runtime.sessions() as session:
+        approval = await repo.get(session, org_id, approval_id)
+    if approval is None or (principal.uapk_ids is not None and approval.uapk_id not in principal.uapk_ids):
+        raise NotFound()
+    out = wire(approval, utcnow(), include_token=True)
+    return {k: out.get(k) for k in _AGENT_FIELDS}
+
+
+ROUTES = [agent_get_approval]

@@ -1,0 +1,111 @@
+"""Approvals from the gateway's side: create one on an escalated execute, record the use of
+its override token, and the approval's wire representation (shared by the agent endpoint and
+the management API)."""
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+from core.clock import isoformat, utcnow
+from gateway.overrides import action_hash
+from store import approvals as repo
+from store.models import Approval
+from store.runtime import Runtime
+
+log = logging.getLogger("bastion.approvals")
+
+
+def _action_parts(action: dict[str, Any]) -> tuple[dict[str, Any] | None, float | None, str | None]:
+    params = action.get("params")
+    return (params if isinstance(params, dict) else {}), action.get("amount"), action.get("currency")
+
+
+def hash_for(org_id: str, uapk_id: str, agent_id: str, capability: str, action: dict[str, Any]) -> str:
+    params, amount, currency = _action_parts(action)
+    return action_hash(
+        org_id=org_id, uapk_id=uapk_id, agent_id=agent_id, capability=capability,
+        params=params, amount=amount, currency=currency,
+    )
+
+
+async def create_approval(
+    runtime: Runtime,
+    *,
+    org_id: str,
+    uapk_id: str,
+    agent_id: str,
+    capability: str,
+    action: dict[str, Any],
+    reasons: list[dict[str, Any]],
+    interaction_id: str,
+    key_id: str | None,
+) -> str:
+    """Insert a PENDING approval for an escalated action; returns its id. It expires
+    ``Settings.approval_ttl_seconds`` (default 24 h) after creation."""
+    now = utcnow()
+    try:
+        digest = hash_for(org_id, uapk_id, agent_id, capability, action)
+    except ValueError:
+        # Cannot happen for actions that passed the gateway's JSON validation; an approval
+        # that no override can ever match is still better than losing the request.
+        digest = ""
+    async with runtime.sessions() as session, session.begin():
+        row = await repo.insert(
+            session,
+            org_id=org_id,
+            uapk_id=uapk_id,
+            agent_id=agent_id,
+            capability=capability,
+            action=action,
+            action_hash=digest,
+            reasons=reasons,
+            interaction_id=interaction_id,
+            requested_by_key=key_id,
+            created_at=now,
+            expires_at=now + timedelta(seconds=runtime.settings.approval_ttl_seconds),
+        )
+        approval_id = row.id
+    return approval_id
+
+
+async def on_override_consumed(runtime: Runtime, org_id: str, approval_id: str, jti: str) -> None:
+    """Record ``override_used_at`` once the gateway's single-use marker accepted the token.
+
+    Called off the response path; the marker (not this row) is what enforces single use, so
+    a failure here is logged, never raised."""
+    try:
+        async with runtime.sessions() as session, session.begin():
+            await repo.mark_override_used(session, org_id, approval_id, jti, utcnow())
+    except Exception:  # pragma: no cover - logged for operators; the execute already happened
+        log.exception("could not record override use", extra={"approval_id": approval_id})
+
+
+def wire(approval: Approval, now: datetime, *, include_token: bool) -> dict[str, Any]:
+    """The approval as the API shows it (uppercase status; EXPIRED when pending past expiry).
+
+    ``include_token``: the override token is shown to the agent (and in the approve
+    response), only while the approval is APPROVED and the token unused."""
+    status = repo.effective_status(approval, now)
+    out: dict[str, Any] = {
+        "approval_id": approval.id,
+        "status": status,
+        "uapk_id": approval.uapk_id,
+        "agent_id": approval.agent_id,
+        "capability": approval.capability,
+        "action": approval.action,
+        "reasons": approval.reasons,
+        "interaction_id": approval.interaction_id,
+        "created_at": isoformat(approval.created_at),
+        "expires_at": isoformat(approval.expires_at),
+        "decided_by": approval.decided_by,
+        "decided_at": isoformat(approval.decided_at),
+        "notes": approval.notes,
+        "reason": approval.reason,
+        "override_expires_at": isoformat(approval.override_expires_at),
+        "override_used_at": isoformat(approval.override_used_at),
+    }
+    if include_token:
+        usable = status == repo.APPROVED and approval.override_used_at is None
+        out["override_token"] = approval.override_token if usable else None
+    return out

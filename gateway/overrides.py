@@ -1,0 +1,174 @@
+"""Override tokens: the one-shot permission a human grants to an escalated action.
+
+An override token is an EdDSA-signed JWT with its own type (``bastion-override+jwt``) and
+audience (``bastion-override``), so no other Bastion token (a session, a capability token)
+is ever accepted in its place. It is bound to
+
+* the approval it came from (``approval_id``),
+* the organization, the manifest and the agent (``org_id``, ``uapk_id``, ``sub``/``agent_id``),
+* the exact action: ``action_hash`` is the SHA-256 hex of the RFC 8785 canonical JSON of
+  ``{"org", "uapk_id", "agent_id", "capability", "params", "amount", "currency"}``.
+
+``check_override`` is pure (signature, type, expiry and binding; no I/O). Single use is not
+decided here: the gateway marks the token's ``jti`` as spent atomically together with the
+quota it consumes, and only when the execute it allows is actually allowed.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from core.canonical import sha256_hex
+from core.settings import Settings
+from core.tokens import OVERRIDE_TYP, Keys, TokenInvalid, sign, verify
+
+OVERRIDE_AUDIENCE = "bastion-override"
+
+INVALID = "override_token_invalid"
+EXPIRED = "override_token_expired"
+MISMATCH = "override_token_action_mismatch"
+ALREADY_USED = "override_token_already_used"  # decided by the gateway's single-use marker
+
+_REQUIRED = ("exp", "iat", "nbf", "jti", "iss", "aud", "sub", "org_id", "uapk_id", "agent_id", "approval_id", "action_hash")
+
+
+@dataclass(frozen=True, slots=True)
+class OverrideOk:
+    jti: str
+    approval_id: str
+    expires_at: int  # epoch seconds
+
+
+@dataclass(frozen=True, slots=True)
+class OverrideRejected:
+    code: str  # override_token_invalid | override_token_expired | override_token_action_mismatch
+    message: str
+
+
+def action_hash(
+    *,
+    org_id: str,
+    uapk_id: str,
+    agent_id: str,
+    capability: str,
+    params: dict[str, Any] | None,
+    amount: float | None,
+    currency: str | None,
+) -> str:
+    """SHA-256 hex of the RFC 8785 canonical JSON of the action an override is bound to.
+
+    Raises ``ValueError`` when the values cannot be canonicalised (NaN, integers beyond
+    2**53, non-JSON types)."""
+    doc = {
+        "org": org_id,
+        "uapk_id": uapk_id,
+        "agent_id": agent_id,
+        "capability": capability,
+        "params": params if params is not None else {},
+        "amount": amount,
+        "currency": currency,
+    }
+    try:
+        return sha256_hex(doc)
+    except Exception as exc:  # rfc8785 raises its own domain errors, TypeError for others
+        raise ValueError(f"action cannot be canonicalised: {exc}") from None
+
+
+def issue_override(
+    keys: Keys,
+    settings: Settings,
+    *,
+    approval_id: str,
+    org_id: str,
+    uapk_id: str,
+    agent_id: str,
+    capability: str,
+    params: dict[str, Any] | None,
+    amount: float | None,
+    currency: str | None,
+    ttl_seconds: int | None = None,
+    now: float | None = None,
+) -> tuple[str, str, int]:
+    """Sign an override token for one approved action. Returns ``(token, jti, expires_at)``."""
+    ttl = settings.override_token_ttl_seconds if ttl_seconds is None else int(ttl_seconds)
+    if ttl <= 0:
+        raise ValueError("ttl_seconds must be positive")
+    issued = int(time.time() if now is None else now)
+    jti = uuid.uuid4().hex
+    digest = action_hash(
+        org_id=org_id, uapk_id=uapk_id, agent_id=agent_id, capability=capability,
+        params=params, amount=amount, currency=currency,
+    )
+    claims = {
+        "iss": settings.issuer,
+        "aud": OVERRIDE_AUDIENCE,
+        "sub": agent_id,
+        "jti": jti,
+        "org_id": org_id,
+        "uapk_id": uapk_id,
+        "agent_id": agent_id,
+        "capability": capability,
+        "approval_id": approval_id,
+        "action_hash": digest,
+    }
+    token = sign(keys, OVERRIDE_TYP, claims, ttl, now=issued)
+    return token, jti, issued + ttl
+
+
+def check_override(
+    keys: Keys,
+    settings: Settings,
+    token: str,
+    *,
+    org_id: str,
+    uapk_id: str,
+    agent_id: str,
+    capability: str,
+    params: dict[str, Any] | None,
+    amount: float | None,
+    currency: str | None,
+    now: Callable[[], float] | None = None,
+) -> OverrideOk | OverrideRejected:
+    """Verify an override token presented with an action. Pure and fast: no I/O.
+
+    Returns ``OverrideOk`` when the token is genuine, unexpired and bound to exactly this
+    organization, manifest, agent and action; otherwise ``OverrideRejected`` with the reason
+    code the gateway reports."""
+    clock = now or time.time
+    try:
+        claims = verify(
+            keys, token, OVERRIDE_TYP, issuer=settings.issuer, audience=OVERRIDE_AUDIENCE,
+            required=_REQUIRED,
+        )
+    except TokenInvalid as exc:
+        if exc.reason == "expired":
+            return OverrideRejected(EXPIRED, "The override token has expired.")
+        return OverrideRejected(INVALID, f"The override token is not valid: {exc}.")
+    exp, jti, approval_id = claims.get("exp"), claims.get("jti"), claims.get("approval_id")
+    if not isinstance(exp, int) or not isinstance(jti, str) or not jti or len(jti) > 64:
+        return OverrideRejected(INVALID, "The override token is not valid: bad claims.")
+    if not isinstance(approval_id, str) or not approval_id or len(approval_id) > 64:
+        return OverrideRejected(INVALID, "The override token is not valid: bad approval_id.")
+    # No grace period for a one-shot permission: the JWT library's clock-skew leeway is meant
+    # for tokens from other issuers; this one was signed by us and expires when it says.
+    if exp <= int(clock()):
+        return OverrideRejected(EXPIRED, "The override token has expired.")
+    if (
+        claims.get("org_id") != org_id
+        or claims.get("uapk_id") != uapk_id
+        or claims.get("sub") != agent_id
+        or claims.get("agent_id") != agent_id
+    ):
+        return OverrideRejected(MISMATCH, "The override token was issued for another agent.")
+    try:
+        expected = action_hash(
+            org_id=org_id, uapk_id=uapk_id, agent_id=agent_id, capability=capability,
+            params=params, amount=amount, currency=currency,
+        )
+    except ValueError:
+        return OverrideRejected(MISMATCH, "The override token was issued for another action.")
+    if claims.get("action_hash") != expected:
+        return OverrideRejected(MISMATCH, "The override token was issued for another action.")
+    return OverrideOk(jti=jti, approval_id=approval_id, expires_at=exp)
