@@ -13,10 +13,11 @@ from api.validation import EMAIL, SLUG, UAPK_ID, Checker
 from core.clock import isoformat
 from core.errors import AuthenticationRequired, Conflict, NotFound, PermissionDenied
 from core.tokens import SESSION_TYP, sign
-from httpkit.auth import SESSION_AUDIENCE, Caller, admit, current_principal, rate_limit
+from httpkit.auth import SESSION_AUDIENCE, Caller, admit, current_principal, rate_limit, require_credentials
 from httpkit.pagination import page_params
 from store import accounts
 from store.api_keys import display_prefix, generate_key, hash_key
+from store.changes import announce, bump_org_version
 from store.models import ApiKey
 from store.passwords import DUMMY_HASH, hash_password, verify_password
 from store.runtime import Runtime
@@ -133,7 +134,14 @@ def _check_password(c: Checker, field: str, password: str | None) -> None:
 
 
 # --- auth ------------------------------------------------------------------------------
-@post("/api/v1/auth/login", tags=["auth"], status_code=HTTP_200_OK, summary="Exchange email and password for a session token")
+@post(
+    "/api/v1/auth/login",
+    tags=["auth"],
+    status_code=HTTP_200_OK,
+    summary="Exchange email and password for a session token",
+    security=[{}],
+    opt={"errors": [400, 401, 413, 429, 503]},
+)
 async def login(request: Request[Any, Any, Any], data: LoginRequest) -> LoginResponse:
     runtime = _runtime(request)
     email = data.email.strip().lower()
@@ -156,10 +164,14 @@ async def login(request: Request[Any, Any, Any], data: LoginRequest) -> LoginRes
 
 # --- organizations ---------------------------------------------------------------------
 class OrgController(Controller):
+    guards = [require_credentials]
     path = "/api/v1/orgs"
     tags = ["organizations"]
 
-    @post("/", status_code=HTTP_201_CREATED, summary="Create an organization; the caller becomes its owner")
+    @post(
+        "/", status_code=HTTP_201_CREATED, summary="Create an organization; the caller becomes its owner",
+        opt={"errors": [400, 401, 403, 409, 413, 429, 503]},
+    )
     async def create(self, request: Request[Any, Any, Any], data: OrgCreate) -> OrgOut:
         principal = await current_principal(request)
         if principal.kind != "user":
@@ -178,9 +190,13 @@ class OrgController(Controller):
             await accounts.add_member(session, org.id, principal.user_id or "", "owner")
         return OrgOut(org_id=org.id, name=org.name, slug=org.slug, created_at=isoformat(org.created_at) or "", role="owner")
 
-    @get("/", summary="The caller's organizations")
+    @get("/", summary="The caller's organizations", opt={"errors": [400, 401, 429, 503]})
     async def list_orgs(self, request: Request[Any, Any, Any]) -> OrgList:
         principal = await current_principal(request)
+        if principal.kind == "api_key":
+            await rate_limit(request, "standard", principal.org_id or "")
+        else:
+            await rate_limit(request, "standard", "user:" + (principal.user_id or ""))
         page = page_params(request.query_params)
         runtime = _runtime(request)
         async with runtime.sessions() as session:
@@ -216,6 +232,7 @@ def _require_manage(caller: Caller, *roles: str) -> None:
 
 
 class MemberController(Controller):
+    guards = [require_credentials]
     path = "/api/v1/orgs/{org_id:str}/users"
     tags = ["members"]
 
@@ -262,6 +279,7 @@ class MemberController(Controller):
     async def change_role(self, request: Request[Any, Any, Any], org_id: str, user_id: str, data: MemberPatch) -> MemberOut:
         caller = await admit(request, org_id, "users", "manage")
         async with _runtime(request).sessions() as session, session.begin():
+            await accounts.lock_org(session, org_id)
             m = await accounts.get_membership(session, org_id, user_id)
             if m is None:
                 raise NotFound()
@@ -277,6 +295,7 @@ class MemberController(Controller):
     async def remove(self, request: Request[Any, Any, Any], org_id: str, user_id: str) -> None:
         caller = await admit(request, org_id, "users", "manage")
         async with _runtime(request).sessions() as session, session.begin():
+            await accounts.lock_org(session, org_id)
             m = await accounts.get_membership(session, org_id, user_id)
             if m is None:
                 raise NotFound()
@@ -288,6 +307,7 @@ class MemberController(Controller):
 
 # --- API keys --------------------------------------------------------------------------
 class ApiKeyController(Controller):
+    guards = [require_credentials]
     path = "/api/v1/orgs/{org_id:str}/api-keys"
     tags = ["api keys"]
 
@@ -326,7 +346,10 @@ class ApiKeyController(Controller):
             rows, total = await accounts.list_api_keys(session, org_id, page.limit, page.offset)
         return ApiKeyList(items=[_key_out(k) for k in rows], total=total)
 
-    @post("/{key_id:str}/revoke", status_code=HTTP_200_OK, summary="Revoke an API key: 401 at once, everywhere")
+    @post(
+        "/{key_id:str}/revoke", status_code=HTTP_200_OK, summary="Revoke an API key: 401 at once, everywhere",
+        opt={"errors": [400, 401, 403, 404, 429, 503]},
+    )
     async def revoke(self, request: Request[Any, Any, Any], org_id: str, key_id: str) -> ApiKeyOut:
         caller = await admit(request, org_id, "api_keys", "manage")
         runtime = _runtime(request)
@@ -335,8 +358,10 @@ class ApiKeyController(Controller):
             if key is None:
                 raise NotFound()
             _require_manage(caller, key.role)
+            version = await bump_org_version(session, org_id)
         request.app.state.authenticator.evict(key.key_hash)
-        await runtime.bus.publish({"kind": "api_key_revoked", "org_id": org_id, "key_hash": key.key_hash})
+        # Every process (and gateway) evicts the key from its caches at once.
+        await announce(runtime.bus, "api_key_revoked", org_id, version, key_id=key.id, key_hash=key.key_hash)
         return _key_out(key)
 
 

@@ -1,7 +1,7 @@
 """The combined server: gateway and management API in one process (the default)."""
 from __future__ import annotations
 
-from litestar import Litestar
+from litestar import Litestar, Router
 
 from api.app import api_routes
 from core.settings import Settings, load_settings
@@ -15,9 +15,11 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     settings = settings or load_settings()
     runtime = runtime or Runtime.build(settings)
     start, stop = gateway_hooks()
+    # The gateway's routes keep their own (smaller) body cap; everything else gets the API's.
+    gateway = Router(path="/", route_handlers=gateway_routes(), request_max_body_size=settings.gateway_max_body)
     return build_app(
         runtime,
-        [healthz, readyz, *gateway_routes(), *api_routes()],
+        [healthz, readyz, gateway, *api_routes()],
         title="Bastion",
         on_startup=start,
         on_shutdown=stop,

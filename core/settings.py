@@ -177,6 +177,7 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> 
             values[attr] = parse(env[var])
     values.update(overrides)
     data_dir = Path(values.get("data_dir", Settings.data_dir))  # type: ignore[arg-type]
+    values["data_dir"] = data_dir
     if not values.get("database_url"):
         values["database_url"] = f"sqlite+aiosqlite:///{data_dir / 'bastion.db'}"
     settings = Settings(**values)  # type: ignore[arg-type]

@@ -6,13 +6,16 @@ from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
 from litestar import Litestar
-from litestar.openapi import OpenAPIConfig
+from litestar.handlers import HTTPRouteHandler
+from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.plugins import ScalarRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+from litestar.routes import HTTPRoute
 from litestar.types import ControllerRouterHandler
 
 from httpkit.auth import Authenticator
 from httpkit.context import RequestContext
-from httpkit.errors import EXCEPTION_HANDLERS
+from httpkit.errors import EXCEPTION_HANDLERS, ErrorBody
 from httpkit.ratelimit import OrgRateLimiter
 from store.runtime import Runtime
 
@@ -50,6 +53,19 @@ def build_app(
             version="1.0.0",
             path="/schema",
             render_plugins=[ScalarRenderPlugin()],
+            components=Components(
+                security_schemes={
+                    "ApiKey": SecurityScheme(
+                        type="apiKey", name="X-API-Key", security_scheme_in="header",
+                        description="An organization API key (bst_...).",
+                    ),
+                    "Session": SecurityScheme(
+                        type="http", scheme="bearer", bearer_format="JWT",
+                        description="A session token from POST /api/v1/auth/login.",
+                    ),
+                }
+            ),
+            security=[{"ApiKey": []}, {"Session": []}],
         ),
         debug=False,
         logging_config=None,
@@ -63,7 +79,63 @@ def build_app(
     app.state.rate_limiter = OrgRateLimiter(runtime.settings)
     # Outermost: request ids and access logs for every response, unknown routes included.
     app.asgi_handler = RequestContext(app.asgi_handler)  # type: ignore[assignment]
+    document_errors(app)
     return app
+
+
+ERROR_DESCRIPTIONS = {
+    400: "VALIDATION_ERROR: the body or query parameters failed validation (or malformed JSON).",
+    401: "AUTHENTICATION_REQUIRED: missing, invalid, expired or revoked credentials.",
+    403: "PERMISSION_DENIED: the caller's role may not do this.",
+    404: "NOT_FOUND: no such resource, or it belongs to another organization.",
+    409: "CONFLICT: already exists, or the change conflicts with the current state.",
+    413: "PAYLOAD_TOO_LARGE: the request body exceeds the configured cap.",
+    422: "UNPROCESSABLE_ENTITY: well-formed but semantically invalid.",
+    429: "RATE_LIMIT_EXCEEDED: over the organization's rate limit; see Retry-After.",
+    503: "SERVICE_UNAVAILABLE: the database or Redis is unreachable; retry with backoff.",
+}
+
+
+def default_error_statuses(handler: HTTPRouteHandler, path: str) -> set[int]:
+    """Which error responses a route can give, for the OpenAPI document. A handler can list
+    its own with ``opt={"errors": [400, 404, ...]}``."""
+    explicit = handler.opt.get("errors")
+    if explicit is not None:
+        return {int(s) for s in explicit}
+    methods = {m.upper() for m in handler.http_methods}
+    statuses = {400, 503}
+    if not handler.opt.get("public"):
+        statuses |= {401, 403, 429}
+    if "{" in path:
+        statuses.add(404)
+    if methods & {"POST", "PUT", "PATCH"}:
+        statuses |= {400, 413}
+    if methods & {"POST", "PUT", "PATCH", "DELETE"} and "{" in path:
+        statuses.add(409)
+    return statuses
+
+
+def document_errors(app: Litestar) -> None:
+    """Describe the error responses of every API route with the real error body (Litestar
+    would otherwise document its own ``{status_code, detail}`` shape for 400)."""
+    for route in app.routes:
+        if not isinstance(route, HTTPRoute):
+            continue
+        for handler in route.route_handlers:
+            if not handler.include_in_schema or handler.opt.get("no_error_docs"):
+                continue
+            statuses = default_error_statuses(handler, route.path)
+            responses = dict(handler.responses or {})
+            for status in sorted(statuses):
+                responses.setdefault(
+                    status,
+                    ResponseSpec(
+                        data_container=ErrorBody,
+                        generate_examples=False,
+                        description=ERROR_DESCRIPTIONS.get(status, "Error."),
+                    ),
+                )
+            handler.responses = responses
 
 
 def state_of(app: Litestar) -> Any:

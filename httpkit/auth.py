@@ -6,11 +6,13 @@ credential does not belong to answers 404, exactly like one that does not exist.
 """
 from __future__ import annotations
 
+import hmac
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from litestar import Request
+from litestar.connection import ASGIConnection
 
 from core.errors import AuthenticationRequired, NotFound, PermissionDenied, RateLimited
 from core.tokens import SESSION_TYP, TokenInvalid, verify
@@ -56,10 +58,19 @@ class Authenticator:
 
     async def _on_change(self, message: dict[str, Any]) -> None:
         if message.get("kind") == "api_key_revoked":
-            self._cache.pop(str(message.get("key_hash")), None)
+            key_hash, key_id = message.get("key_hash"), message.get("key_id")
+            if isinstance(key_hash, str):
+                self._cache.pop(key_hash, None)
+            if isinstance(key_id, str):
+                self.evict_id(key_id)
 
     def evict(self, key_hash: str) -> None:
         self._cache.pop(key_hash, None)
+
+    def evict_id(self, key_id: str) -> None:
+        for h, (p, _) in list(self._cache.items()):
+            if p.key_id == key_id:
+                self._cache.pop(h, None)
 
     async def api_key(self, raw: str) -> Principal:
         if not raw.startswith(KEY_PREFIX) or len(raw) > 128:
@@ -71,7 +82,8 @@ class Authenticator:
             return hit[0]
         async with self.runtime.sessions() as session:
             key = await accounts.find_api_key(session, key_hash)
-        if key is None or key.revoked_at is not None:
+        # The lookup is by the keyed hash (an index); compare it again in constant time.
+        if key is None or key.revoked_at is not None or not hmac.compare_digest(key.key_hash, key_hash):
             self._cache.pop(key_hash, None)
             raise AuthenticationRequired("Invalid or revoked API key.")
         principal = Principal(
@@ -97,7 +109,7 @@ class Authenticator:
             raise AuthenticationRequired("Invalid session token.")
         return Principal(kind="user", actor=email, user_id=str(claims["sub"]))
 
-    async def authenticate(self, request: Request[Any, Any, Any], *, sessions: bool = True) -> Principal:
+    async def authenticate(self, request: ASGIConnection[Any, Any, Any, Any], *, sessions: bool = True) -> Principal:
         raw_key = request.headers.get("x-api-key")
         if raw_key:
             return await self.api_key(raw_key.strip())
@@ -109,12 +121,29 @@ class Authenticator:
         raise AuthenticationRequired("Missing credentials: send X-API-Key or Authorization: Bearer.")
 
 
-def authenticator(request: Request[Any, Any, Any]) -> Authenticator:
+def authenticator(request: ASGIConnection[Any, Any, Any, Any]) -> Authenticator:
     return request.app.state.authenticator  # type: ignore[no-any-return]
 
 
-async def current_principal(request: Request[Any, Any, Any]) -> Principal:
-    return await authenticator(request).authenticate(request)
+_PRINCIPAL = "bastion.principal"
+
+
+async def current_principal(request: ASGIConnection[Any, Any, Any, Any]) -> Principal:
+    """The authenticated caller (API key or session token); 401 otherwise. Computed once per
+    request (the ``require_credentials`` guard may already have done it)."""
+    state = request.scope.setdefault("state", {})  # type: ignore[typeddict-item]
+    cached = state.get(_PRINCIPAL)
+    if isinstance(cached, Principal):
+        return cached
+    principal = await authenticator(request).authenticate(request)
+    state[_PRINCIPAL] = principal
+    return principal
+
+
+async def require_credentials(connection: ASGIConnection[Any, Any, Any, Any], _handler: Any) -> None:
+    """Litestar guard: authenticate before the body is parsed, so an unauthenticated request
+    with a bad body gets 401, not 400. Handlers still call ``admit``/``current_principal``."""
+    await current_principal(connection)
 
 
 async def admit(

@@ -76,25 +76,47 @@ def error_response(
 
 
 _PATH_RE = re.compile(r"at `\$(?P<path>[^`]*)`")
+_NAMED_FIELD_RE = re.compile(r"^Object (?:missing required|contains unknown) field `(?P<name>[^`]*)`")
 
 
-def _field_from_msgspec(message: str, key: str | None) -> tuple[str, str]:
-    """msgspec says "Expected `int`, got `str` - at `$.agent.id`": field ``agent.id``."""
+def _dotted(path: str) -> str:
+    """``$.agent.ids[0]`` / ``data.agent.ids[0]`` -> ``agent.ids.0``."""
+    path = path.strip().lstrip("$").lstrip(".")
+    if path == "data":
+        path = ""
+    elif path.startswith("data."):
+        path = path[5:]
+    path = re.sub(r"\[(\d+)\]", r".\1", path)
+    return path.strip(".")
+
+
+def field_issue(message: str, key: str | None) -> tuple[str, str]:
+    """The dotted field and the issue from a msgspec message and Litestar's key.
+
+    msgspec says "Expected `int`, got `str` - at `$.agent.id`" (field ``agent.id``) and
+    "Object missing required field `name` - at `$.agent`" (field ``agent.name``)."""
     m = _PATH_RE.search(message)
-    if m:
-        path = m.group("path").lstrip(".")
-        path = re.sub(r"\[(\d+)\]", r".\1", path).lstrip(".")
-        return path or (key or "body"), _PATH_RE.sub("", message).rstrip(" -")
-    return (key if key and key != "data" else "body"), message
+    path = _dotted(m.group("path")) if m else _dotted(key or "")
+    issue = _PATH_RE.sub("", message).rstrip(" -") if m else message
+    named = _NAMED_FIELD_RE.match(issue)
+    if named:
+        path = f"{path}.{named.group('name')}" if path else named.group("name")
+    return path or "body", issue
 
 
 def _from_validation(exc: ValidationException) -> list[ErrorDetail]:
     out: list[ErrorDetail] = []
     extra = exc.extra if isinstance(exc.extra, list) else []
+    cause = exc.__cause__
+    # With one error, msgspec's own message (on the cause) still carries the full path.
+    cause_msg = str(cause) if isinstance(cause, msgspec.ValidationError) and len(extra) == 1 else None
     for item in extra:
         if isinstance(item, dict):
-            fld, issue = _field_from_msgspec(str(item.get("message", "")), item.get("key"))
-            out.append(ErrorDetail(field=fld, issue=issue[:500]))
+            message = str(item.get("message", ""))
+            if cause_msg and cause_msg.startswith(message) and item.get("source") == "body":
+                message = cause_msg
+            fld, issue = field_issue(message, item.get("key"))
+            out.append(ErrorDetail(field=fld[:200], issue=issue[:500]))
     return out
 
 
@@ -123,6 +145,11 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
             )
         headers = dict(exc.headers or {}) or None
         return error_response(request, code, message, None, status, headers)
+    if isinstance(exc, UnicodeDecodeError):
+        # Litestar decodes the body as UTF-8 before msgspec sees it.
+        return error_response(
+            request, "VALIDATION_ERROR", "Malformed request.", [ErrorDetail("body", "Body is not valid UTF-8.")], 400
+        )
     if isinstance(exc, RecursionError):
         # msgspec/Litestar blow the stack on pathologically nested JSON: that is bad input.
         return error_response(

@@ -5,6 +5,7 @@ from typing import Any
 
 import msgspec
 from litestar import Request, Response, get
+from litestar.openapi import ResponseSpec
 from sqlalchemy import text
 
 from store.runtime import Runtime
@@ -15,12 +16,19 @@ class Health(msgspec.Struct):
     checks: dict[str, str] = {}
 
 
-@get("/healthz", tags=["health"], summary="Process is alive")
+@get("/healthz", tags=["health"], summary="Process is alive", security=[{}], opt={"no_error_docs": True})
 async def healthz() -> Health:
     return Health(status="ok")
 
 
-@get("/readyz", tags=["health"], summary="Database and Redis reachable", responses=None)
+@get(
+    "/readyz",
+    tags=["health"],
+    summary="Database and (when configured) Redis reachable",
+    security=[{}],
+    opt={"no_error_docs": True},
+    responses={503: ResponseSpec(Health, generate_examples=False, description="A dependency is unreachable.")},
+)
 async def readyz(request: Request[Any, Any, Any]) -> Response[Health]:
     runtime: Runtime = request.app.state.runtime
     checks: dict[str, str] = {}

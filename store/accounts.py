@@ -139,3 +139,10 @@ class BootstrapResult:
     org_id: str
     user_id: str
     api_key: str
+
+
+async def lock_org(session: AsyncSession, org_id: str) -> None:
+    """Serialize membership changes of one org (the last-owner check) on PostgreSQL;
+    SQLite serializes writers by itself."""
+    if session.bind is not None and session.bind.dialect.name == "postgresql":
+        await session.execute(select(Organization.id).where(Organization.id == org_id).with_for_update())
