@@ -4,7 +4,8 @@ from __future__ import annotations
 from typing import Any
 
 from api import accounts
+from api import approvals as approvals_api
 
 
 def api_routes() -> list[Any]:
-    return [*accounts.ROUTES]
+    return [*accounts.ROUTES, *approvals_api.ROUTES]

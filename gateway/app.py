@@ -12,7 +12,9 @@ from store.runtime import Runtime
 
 
 def gateway_routes() -> list[Any]:
-    return []
+    from gateway import approval_routes
+
+    return [*approval_routes.ROUTES]
 
 
 def gateway_hooks() -> tuple[list[Any], list[Any]]:
