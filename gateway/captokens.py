@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+
+import jwt
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -89,7 +91,7 @@ def validate_request(capabilities: Any, constraints: Any, expires_in: Any, defau
         issues.append(FieldIssue("expires_in_seconds", f"Must be an integer between 10 and {max_ttl}."))
     if issues:
         raise ValidationFailed("Request body failed validation.", issues)
-    return sorted(set(capabilities)), constraints, int(ttl)
+    return list(dict.fromkeys(capabilities)), constraints, int(ttl)
 
 
 async def issue(
@@ -142,8 +144,6 @@ async def issue(
 
 
 def _decode_trusted(token: str) -> dict[str, Any]:
-    import jwt
-
     return jwt.decode(token, options={"verify_signature": False})  # we just signed it
 
 
@@ -223,7 +223,7 @@ class CapabilityVerifier:
                     self.runtime.keys, token, CAPABILITY_TYP, issuer=s.issuer, audience=CAPABILITY_AUDIENCE,
                     required=REQUIRED_CLAIMS,
                 )
-                claims = _claims(raw, "")
+                claims = _claims(raw, str(jwt.get_unverified_header(token)["kid"]))
                 _check_shapes(claims)
             except TokenInvalid as exc:
                 code = "capability_token_expired" if exc.reason == "expired" else "capability_token_invalid"
@@ -233,6 +233,10 @@ class CapabilityVerifier:
             self._cache[token] = claims
             if len(self._cache) > self.CACHE_SIZE:
                 self._cache.popitem(last=False)
+        elif self.runtime.keys.public_key(claims.kid) is None:
+            # Its signing key was retired since we cached it.
+            self._cache.pop(token, None)
+            return TokenProblem("capability_token_invalid", "Capability token rejected: unknown signing key.")
         # Time checks again on every use: a cached token still expires.
         if now > claims.exp + LEEWAY_SECONDS:
             self._cache.pop(token, None)
