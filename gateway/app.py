@@ -12,14 +12,16 @@ from store.runtime import Runtime
 
 
 def gateway_routes() -> list[Any]:
-    from gateway import approval_routes
+    from gateway import approval_routes, token_routes
 
-    return [*approval_routes.ROUTES]
+    return [*approval_routes.ROUTES, *token_routes.ROUTES]
 
 
 def gateway_hooks() -> tuple[list[Any], list[Any]]:
     """Start-up and shut-down hooks the gateway needs (state loading, listeners)."""
-    return [], []
+    from gateway.token_routes import start_tokens, stop_tokens
+
+    return [start_tokens], [stop_tokens]
 
 
 def create_gateway_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
