@@ -1,28 +1,94 @@
-"""``bastion`` command: serve, migrate, bootstrap (and more as features land)."""
+"""``bastion`` command: serve, migrate, bootstrap (and more as features land).
+
+Output contract: a command's result is one JSON line on stdout; a failure is one line on
+stderr (``bastion: ...``) and a non-zero exit, never a traceback (set BASTION_LOG_LEVEL=DEBUG
+to get the traceback as well). Configuration errors exit 2 and name the variable.
+"""
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import logging
+import os
 import sys
+import traceback
+from pathlib import Path
+from typing import Any, NoReturn
 
 from core.settings import ConfigError, Settings, load_settings
+
+
+def _die(line: str, code: int = 2) -> NoReturn:
+    if os.environ.get("BASTION_LOG_LEVEL", "").upper() == "DEBUG" and sys.exc_info()[0] is not None:
+        traceback.print_exc()
+    # One line, whatever the exception text held.
+    print(" ".join(line.split()), file=sys.stderr, flush=True)
+    raise SystemExit(code)
 
 
 def _settings() -> Settings:
     try:
         return load_settings()
     except ConfigError as exc:
-        print(f"bastion: configuration error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        _die(f"bastion: configuration error: {exc}")
+
+
+def _why(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else ""
+    return f"{type(exc).__name__}: {first}"[:300] if first else type(exc).__name__
+
+
+def _quiet_logging() -> None:
+    """Commands whose stdout is a result: logs (Alembic's included) go to stderr, warnings only."""
+    from httpkit.context import configure_logging
+
+    configure_logging("WARNING", sys.stderr)
+
+
+def _prepare_files(settings: Settings) -> None:
+    """Data dir, signing keys and the API-key pepper exist and are usable (created on first
+    run), before any worker starts, so all workers share them."""
+    from store.keystore import KeyStore, load_pepper
+
+    if not settings.signing_key_file or not settings.api_key_pepper or settings.is_sqlite:
+        try:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            probe = settings.data_dir / ".write-test"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as exc:
+            _die(f"bastion: configuration error: BASTION_DATA_DIR: {settings.data_dir} is not a writable directory ({_why(exc)})")
+    key_path = Path(settings.signing_key_file) if settings.signing_key_file else settings.data_dir / "signing-keys.json"
+    try:
+        KeyStore.load_or_create(key_path)
+    except Exception as exc:  # unreadable, not JSON/PEM, not Ed25519
+        var = "BASTION_SIGNING_KEY_FILE" if settings.signing_key_file else "BASTION_DATA_DIR"
+        _die(f"bastion: configuration error: {var}: cannot use signing keys at {key_path} ({_why(exc)})")
+    try:
+        load_pepper(settings.data_dir, settings.api_key_pepper)
+    except OSError as exc:
+        _die(f"bastion: configuration error: BASTION_DATA_DIR: cannot create the API-key pepper ({_why(exc)})")
+
+
+def _migrate(settings: Settings) -> None:
+    from store.migrate import upgrade
+
+    try:
+        upgrade(settings.database_url)
+    except Exception as exc:
+        _die(
+            "bastion: configuration error: BASTION_DATABASE_URL: cannot migrate "
+            f"{_redact(settings.database_url)} ({_why(exc)})"
+        )
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from store.migrate import upgrade
-
+    _quiet_logging()
     settings = _settings()
-    upgrade(settings.database_url)
-    print(json.dumps({"migrated": True, "database": _redact(settings.database_url)}))
+    _migrate(settings)
+    print(json.dumps({"migrated": True, "database": _redact(settings.database_url)}), flush=True)
     return 0
 
 
@@ -35,13 +101,31 @@ def _redact(url: str) -> str:
     return url
 
 
-async def _bootstrap(settings: Settings, slug: str, name: str, email: str, password: str) -> dict[str, str]:
+def check_bootstrap_args(slug: str, name: str, email: str, password: str) -> list[tuple[str, str]]:
+    """The same rules as the API (organizations and members). Returns (field, issue) pairs."""
+    from api.validation import EMAIL, SLUG, has_control_chars
+
+    issues: list[tuple[str, str]] = []
+    if not SLUG.match(slug):
+        issues.append(("org-slug", "2-63 lowercase letters, digits and hyphens, starting with a letter or digit"))
+    if not name.strip() or len(name) > 200 or has_control_chars(name):
+        issues.append(("org-name", "1-200 characters, no control characters"))
+    if not EMAIL.match(email.strip()):
+        issues.append(("admin-email", "not a valid email address"))
+    if not 8 <= len(password) <= 1024:
+        issues.append(("admin-password", "must be between 8 and 1024 characters"))
+    return issues
+
+
+async def _bootstrap(
+    settings: Settings, slug: str, name: str, email: str, password: str, issue_key: str = "always"
+) -> dict[str, str]:
     from store.bootstrap import bootstrap
     from store.runtime import Runtime
 
     runtime = Runtime.build(settings)
     try:
-        result = await bootstrap(runtime, slug, name, email, password)
+        result = await bootstrap(runtime, slug, name, email, password, issue_key=issue_key)
     finally:
         await runtime.engine.dispose()
         if runtime.redis is not None:
@@ -49,50 +133,75 @@ async def _bootstrap(settings: Settings, slug: str, name: str, email: str, passw
     return {"org_id": result.org_id, "user_id": result.user_id, "api_key": result.api_key}
 
 
-def cmd_bootstrap(args: argparse.Namespace) -> int:
+def _run_bootstrap(settings: Settings, slug: str, name: str, email: str, password: str, issue_key: str) -> dict[str, str]:
     from store.bootstrap import BootstrapConflict
-    from store.migrate import upgrade
 
-    settings = _settings()
-    upgrade(settings.database_url)
     try:
-        out = asyncio.run(_bootstrap(settings, args.org_slug, args.org_name, args.admin_email, args.admin_password))
+        return asyncio.run(_bootstrap(settings, slug, name, email, password, issue_key))
     except BootstrapConflict as exc:
-        print(f"bastion: bootstrap refused: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(out))
+        _die(f"bastion: bootstrap refused: {exc}", 1)
+    except Exception as exc:
+        _die(f"bastion: bootstrap failed: database {_redact(settings.database_url)} ({_why(exc)})", 1)
+
+
+def cmd_bootstrap(args: argparse.Namespace) -> int:
+    _quiet_logging()
+    settings = _settings()
+    issues = check_bootstrap_args(args.org_slug, args.org_name, args.admin_email, args.admin_password)
+    if issues:
+        _die("bastion: bootstrap: " + "; ".join(f"--{f}: {i}" for f, i in issues))
+    _prepare_files(settings)
+    _migrate(settings)
+    out = _run_bootstrap(settings, args.org_slug, args.org_name, args.admin_email, args.admin_password, "always")
+    print(json.dumps(out), flush=True)
     return 0
+
+
+_BOOTSTRAP_VARS = {
+    "org-slug": "BASTION_BOOTSTRAP_ORG_SLUG",
+    "org-name": "BASTION_BOOTSTRAP_ORG_NAME",
+    "admin-email": "BASTION_BOOTSTRAP_ADMIN_EMAIL",
+    "admin-password": "BASTION_BOOTSTRAP_ADMIN_PASSWORD",
+}
+
+
+def startup_bootstrap(settings: Settings) -> dict[str, Any] | None:
+    """BASTION_BOOTSTRAP_*: create the org and its owner on first start (for containers).
+    Prints one JSON line with the owner key the first time; later starts issue no key."""
+    if not settings.bootstrap_org_slug:
+        return None
+    slug = settings.bootstrap_org_slug
+    name = settings.bootstrap_org_name or ""
+    email = settings.bootstrap_admin_email or ""
+    password = settings.bootstrap_admin_password or ""
+    issues = check_bootstrap_args(slug, name, email, password)
+    if issues:
+        field, issue = issues[0]
+        _die(f"bastion: configuration error: {_BOOTSTRAP_VARS[field]}: {issue}")
+    out = _run_bootstrap(settings, slug, name, email, password, "if_created")
+    line: dict[str, Any] = {"bootstrap": {"org_id": out["org_id"], "user_id": out["user_id"]}}
+    if out["api_key"]:
+        line["bootstrap"]["api_key"] = out["api_key"]
+    print(json.dumps(line), flush=True)
+    return line
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from store.migrate import upgrade
-
     settings = _settings()
-    upgrade(settings.database_url)
-    if settings.bootstrap_org_slug:
-        from store.bootstrap import BootstrapConflict
+    from httpkit.context import configure_logging
 
-        try:
-            out = asyncio.run(
-                _bootstrap(
-                    settings, settings.bootstrap_org_slug, settings.bootstrap_org_name or "",
-                    settings.bootstrap_admin_email or "", settings.bootstrap_admin_password or "",
-                )
-            )
-            print(json.dumps({"bootstrap": out}), flush=True)
-        except BootstrapConflict as exc:
-            print(f"bastion: bootstrap refused: {exc}", file=sys.stderr)
-            return 1
-    # Create the signing keys and pepper before workers fork, so they all share them.
-    from store.keystore import KeyStore, load_pepper
-    from pathlib import Path
-
-    if not settings.signing_key_file:
-        KeyStore.load_or_create(settings.data_dir / "signing-keys.json")
-    load_pepper(settings.data_dir, settings.api_key_pepper)
+    configure_logging(settings.log_level)
+    _prepare_files(settings)
+    _migrate(settings)
+    startup_bootstrap(settings)
     factory = "gateway.standalone:asgi" if args.only == "gateway" else "bastion.app:asgi"
+    logging.getLogger("bastion").info(
+        "serving",
+        extra={"fields": {"url": f"http://{settings.host}:{settings.port}", "workers": settings.workers, "only": args.only,
+                          "database": _redact(settings.database_url), "redis": bool(settings.redis_url)}},
+    )
     uvicorn.run(
         factory,
         factory=True,
@@ -101,9 +210,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         workers=settings.workers,
         log_level="warning",
         access_log=False,
+        log_config=None,
         loop="auto",
         http="auto",
         lifespan="on",
+        proxy_headers=False,
     )
     return 0
 
