@@ -11,17 +11,35 @@ from httpkit.health import healthz, readyz
 from store.runtime import Runtime
 
 
-def gateway_routes() -> list[Any]:
-    from gateway import approval_routes, token_routes
+def gateway_routes(settings: Settings | None = None) -> list[Any]:
+    """The gateway's route handlers. ``settings`` sets the decision endpoints' body cap
+    (default 64 KiB; a smaller configured cap is also enforced inside the handlers)."""
+    from gateway import approval_routes, routes, token_routes
 
-    return [*approval_routes.ROUTES, *token_routes.ROUTES]
+    max_body = settings.gateway_max_body if settings is not None else Settings.gateway_max_body
+    return [routes.router(max_body), *approval_routes.ROUTES, *token_routes.ROUTES]
 
 
 def gateway_hooks() -> tuple[list[Any], list[Any]]:
     """Start-up and shut-down hooks the gateway needs (state loading, listeners)."""
     from gateway.token_routes import start_tokens, stop_tokens
 
-    return [start_tokens], [stop_tokens]
+    return [start_decisions, start_tokens], [stop_tokens, stop_decisions]
+
+
+async def start_decisions(app: Litestar) -> None:
+    """The decision state (lazy per-org snapshots, change listener, version poll) and quotas."""
+    from gateway.service import Gateway
+
+    gateway = Gateway(app.state.runtime)
+    app.state.gateway = gateway
+    await gateway.start()
+
+
+async def stop_decisions(app: Litestar) -> None:
+    gateway = getattr(app.state, "gateway", None)
+    if gateway is not None:
+        await gateway.stop()
 
 
 def create_gateway_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
@@ -29,7 +47,7 @@ def create_gateway_app(settings: Settings, runtime: Runtime | None = None) -> Li
     start, stop = gateway_hooks()
     return build_app(
         runtime,
-        [healthz, readyz, *gateway_routes()],
+        [healthz, readyz, *gateway_routes(settings)],
         title="Bastion gateway",
         on_startup=start,
         on_shutdown=stop,

@@ -1,0 +1,258 @@
+"""The decision pipeline: (request, compiled org snapshot, quota backend, clock) -> decision.
+
+No HTTP and no SQL: the caller hands in the org's ``CompiledOrg`` (in memory) and a quota
+backend; a decision costs at most one quota call (one Redis round trip) and a few set probes.
+
+Checks, in order (deny beats escalate beats allow):
+
+1. ``manifest``: the uapk_id has an active manifest in the caller's org (and the caller's key
+   may act as it) — else deny ``manifest_not_found`` / ``manifest_not_active``.
+2. ``capability``: the capability is granted by an approved pattern and no deny rule matches
+   — else deny ``capability_not_granted``.
+3. ``human_approval``: a capability matching ``require_human_approval`` escalates
+   (``requires_human_approval``) unless a valid override token for exactly this action comes
+   with it; a bad token denies with the token's reason code.
+4. ``quota``: hourly and daily windows. An allowed execute spends one unit of each (and marks
+   the override token used); everything else only reads. An escalation is still checked: an
+   exhausted budget denies (deny beats escalate).
+5. allow: ``all_checks_passed`` or ``override_token_accepted``.
+
+Once a check denies, the later ones are skipped (trace result ``skip``).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Literal
+
+from core.errors import FieldIssue, ValidationFailed
+from gateway.schemas import GatewayActionRequest
+from policies.capabilities import is_concrete
+from policies.compile import AgentPolicy, CompiledOrg
+from store.quotas import DAY_EXHAUSTED, HOUR_EXHAUSTED, OVERRIDE_USED, OverrideMark, QuotaBackend, QuotaResult
+
+Outcome = Literal["allow", "deny", "escalate"]
+StepResult = Literal["pass", "fail", "escalate", "skip"]
+
+# Reason codes.
+MANIFEST_NOT_FOUND = "manifest_not_found"
+MANIFEST_NOT_ACTIVE = "manifest_not_active"
+CAPABILITY_NOT_GRANTED = "capability_not_granted"
+REQUIRES_HUMAN_APPROVAL = "requires_human_approval"
+HOURLY_BUDGET_EXCEEDED = "hourly_budget_exceeded"
+BUDGET_EXCEEDED = "budget_exceeded"
+OVERRIDE_TOKEN_ALREADY_USED = "override_token_already_used"
+ALL_CHECKS_PASSED = "all_checks_passed"
+OVERRIDE_TOKEN_ACCEPTED = "override_token_accepted"
+
+OverrideChecker = Callable[..., Any]  # gateway.overrides.check_override bound to keys+settings
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    code: str
+    message: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "details": self.details}
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    check: str
+    result: StepResult
+    detail: str = ""
+    rule: str | None = None
+
+
+@dataclass(slots=True)
+class Decision:
+    decision: Outcome
+    reasons: list[Reason]
+    trace: list[Step]
+    capability: str
+    policy_version: str
+    timestamp: datetime
+    agent: AgentPolicy | None = None
+    quota: QuotaResult | None = None
+    override: Any = None  # OverrideOk when a token allowed the action
+    override_consumed: bool = False  # execute marked the token used
+
+    @property
+    def limits(self) -> tuple[int, int] | None:
+        if self.agent is None or not self.agent.active:
+            return None
+        return self.agent.max_actions_per_hour, self.agent.max_actions_per_day
+
+
+def required_capability(req: GatewayActionRequest) -> str:
+    """``action.capability`` when given, else ``"{tool}:{type}"``; must be concrete."""
+    action = req.action
+    if action.capability is not None:
+        if not is_concrete(action.capability):
+            raise ValidationFailed(
+                details=[FieldIssue("action.capability", "Must be a concrete capability 'resource:action' "
+                                    "(segments [a-z0-9_-]+, no '*').")]
+            )
+        return action.capability
+    cap = f"{action.tool}:{action.type}"
+    if not is_concrete(cap):
+        issues = []
+        if not is_concrete(f"{action.tool}:x"):
+            issues.append(FieldIssue("action.tool", "Must match [a-z0-9_-]+ (or send action.capability)."))
+        if not is_concrete(f"x:{action.type}"):
+            issues.append(FieldIssue("action.type", "Must match [a-z0-9_-]+ (or send action.capability)."))
+        if not issues:
+            issues.append(FieldIssue("action.capability", f"'{cap}' is not a concrete capability."))
+        raise ValidationFailed(details=issues)
+    return cap
+
+
+class Pipeline:
+    def __init__(
+        self,
+        quotas: QuotaBackend,
+        check_override: OverrideChecker | None = None,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.quotas = quotas
+        self.check_override = check_override
+        self.clock = clock
+
+    async def decide(
+        self,
+        req: GatewayActionRequest,
+        org: CompiledOrg,
+        *,
+        spend: bool,
+        allowed_uapk_ids: tuple[str, ...] | None = None,
+        capability: str | None = None,
+    ) -> Decision:
+        """``spend=True`` for execute, ``False`` for evaluate (a dry run)."""
+        cap = capability or required_capability(req)
+        now = self.clock()
+        d = Decision("allow", [], [], cap, org.policy_version, datetime.fromtimestamp(now, timezone.utc))
+
+        # 1. manifest
+        agent = org.agent(req.uapk_id)
+        if allowed_uapk_ids is not None and req.uapk_id not in allowed_uapk_ids:
+            agent = None  # this key may not act as that agent: reveal nothing
+        if agent is None:
+            return self._deny(d, "manifest", Reason(
+                MANIFEST_NOT_FOUND, f"No manifest for uapk_id '{req.uapk_id}'.", {"uapk_id": req.uapk_id}))
+        d.agent = agent
+        if not agent.active:
+            return self._deny(d, "manifest", Reason(
+                MANIFEST_NOT_ACTIVE, f"The manifest of '{req.uapk_id}' is {agent.status}, not active.",
+                {"uapk_id": req.uapk_id, "status": agent.status}), rule=f"status:{agent.status}")
+        d.trace.append(Step("manifest", "pass", f"active manifest {agent.manifest_version or ''}".strip(),
+                            f"manifest:{agent.manifest_hash}"))
+
+        # 2. capability
+        grant = agent.grant(cap)
+        if not grant.granted:
+            detail = {"capability": cap}
+            if grant.rule:
+                detail["rule"] = grant.rule
+                msg = f"Capability '{cap}' is forbidden by the rule '{grant.rule}'."
+            else:
+                msg = f"Capability '{cap}' is not granted to '{req.uapk_id}'."
+            return self._deny(d, "capability", Reason(CAPABILITY_NOT_GRANTED, msg, detail), rule=grant.rule)
+        d.trace.append(Step("capability", "pass", f"'{cap}' granted", grant.rule))
+
+        # 3. human approval
+        escalate: Reason | None = None
+        mark: OverrideMark | None = None
+        human_rule = agent.needs_human(cap)
+        if human_rule is None:
+            d.trace.append(Step("human_approval", "pass", "not required"))
+        elif req.override_token:
+            verdict = self._verify_override(req, org.org_id, cap, now)
+            if getattr(verdict, "jti", None) is None:
+                return self._deny(d, "human_approval", Reason(
+                    str(getattr(verdict, "code", "override_token_invalid")),
+                    str(getattr(verdict, "message", "The override token is not valid.")),
+                    {"capability": cap}), rule=f"require_human_approval:{human_rule}")
+            d.override = verdict
+            mark = OverrideMark(verdict.jti, int(verdict.expires_at))
+            d.trace.append(Step("human_approval", "pass", "override token accepted",
+                                f"require_human_approval:{human_rule}"))
+        else:
+            escalate = Reason(REQUIRES_HUMAN_APPROVAL, f"Capability '{cap}' requires human approval.",
+                              {"capability": cap, "rule": human_rule})
+            d.trace.append(Step("human_approval", "escalate", "a human must approve this action",
+                                f"require_human_approval:{human_rule}"))
+
+        # 4. quotas (one round trip; spends only an allowed execute)
+        hour, day = agent.max_actions_per_hour, agent.max_actions_per_day
+        if spend and escalate is None:
+            q = await self.quotas.spend(org.org_id, req.uapk_id, hour, day, mark)
+        else:
+            q = await self.quotas.check(org.org_id, req.uapk_id, hour, day, mark)
+        d.quota = q
+        if q.status == OVERRIDE_USED:
+            return self._deny(d, "quota", Reason(
+                OVERRIDE_TOKEN_ALREADY_USED, "The override token was already used.", {"capability": cap}),
+                rule="override:single-use", append=True)
+        if q.status == DAY_EXHAUSTED:
+            reset = q.day_reset
+            return self._deny(d, "quota", Reason(
+                BUDGET_EXCEEDED, f"Daily budget of {day} actions exhausted.",
+                {"limit": day, "remaining": 0, "reset_at": _rfc3339(reset), "retry_after": q.retry_after(reset),
+                 "window": "day"}), rule=f"max_actions_per_day:{day}", append=True)
+        if q.status == HOUR_EXHAUSTED:
+            reset = q.hour_reset
+            return self._deny(d, "quota", Reason(
+                HOURLY_BUDGET_EXCEEDED, f"Hourly budget of {hour} actions exhausted.",
+                {"limit": hour, "remaining": 0, "reset_at": _rfc3339(reset), "retry_after": q.retry_after(reset),
+                 "window": "hour"}), rule=f"max_actions_per_hour:{hour}", append=True)
+        d.trace.append(Step(
+            "quota", "pass",
+            f"hour {q.hour_used}/{hour}, day {q.day_used}/{day}" + (" (spent)" if q.spent else " (not spent)"),
+            f"max_actions_per_hour:{hour},max_actions_per_day:{day}"))
+
+        # 5. outcome
+        if escalate is not None:
+            d.decision = "escalate"
+            d.reasons = [escalate]
+            return d
+        if d.override is not None:
+            d.override_consumed = q.spent
+            d.reasons = [Reason(OVERRIDE_TOKEN_ACCEPTED, "Allowed by a human's override token.",
+                                {"approval_id": d.override.approval_id})]
+        else:
+            d.reasons = [Reason(ALL_CHECKS_PASSED, "All checks passed.", {})]
+        return d
+
+    def _verify_override(self, req: GatewayActionRequest, org_id: str, cap: str, now: float) -> Any:
+        if self.check_override is None:
+            from gateway.overrides import OverrideRejected
+
+            return OverrideRejected("override_token_invalid", "Override tokens are not accepted here.")
+        return self.check_override(
+            req.override_token,
+            org_id=org_id,
+            uapk_id=req.uapk_id,
+            agent_id=req.agent_id,
+            capability=cap,
+            params=req.action.params,
+            amount=req.action.amount,
+            currency=req.action.currency,
+        )
+
+    @staticmethod
+    def _deny(d: Decision, check: str, reason: Reason, rule: str | None = None, append: bool = True) -> Decision:
+        d.decision = "deny"
+        d.reasons = [reason]
+        d.trace.append(Step(check, "fail", reason.message, rule))
+        done = {s.check for s in d.trace}
+        for later in ("manifest", "capability", "human_approval", "quota"):
+            if later not in done:
+                d.trace.append(Step(later, "skip", "not evaluated: an earlier check denied"))
+        return d
+
+
+def _rfc3339(epoch: int) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat().replace("+00:00", "Z")

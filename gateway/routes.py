@@ -1,0 +1,92 @@
+"""``POST /api/v1/gateway/evaluate`` and ``POST /api/v1/gateway/execute`` (agent-facing).
+
+Credentials: ``X-API-Key`` only, of a key with role agent, admin or owner. The organization is
+the key's. The body is read only after authentication (a request without a credential is 401
+whatever its body) and is capped at ``Settings.gateway_max_body`` (64 KiB). Decisions,
+including deny and escalate, are HTTP 200.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+from litestar import MediaType, Request, Response, Router, post
+from litestar.exceptions import HTTPException
+
+from core.errors import AuthenticationRequired, FieldIssue, PermissionDenied, ValidationFailed
+from core.settings import Settings
+from gateway.schemas import GatewayActionRequest
+from gateway.service import Gateway, ratelimit_headers
+from httpkit.auth import Principal, authenticator
+
+GATEWAY_ROLES = frozenset({"agent", "admin", "owner"})
+_PATH = re.compile(r"\s*-\s*at `\$(?P<path>[^`]*)`")
+_NAMED = re.compile(r"^Object (?:missing required|contains unknown) field `(?P<name>[^`]*)`")
+
+
+async def _principal(request: Request[Any, Any, Any]) -> Principal:
+    if not request.headers.get("x-api-key"):
+        raise AuthenticationRequired("Missing credentials: the gateway takes X-API-Key.")
+    principal = await authenticator(request).authenticate(request, sessions=False)
+    request.scope.setdefault("state", {})["org_id"] = principal.org_id
+    if principal.role not in GATEWAY_ROLES:
+        raise PermissionDenied(f"Role '{principal.role}' may not call the gateway (agent, admin or owner).")
+    return principal
+
+
+async def _body(request: Request[Any, Any, Any]) -> GatewayActionRequest:
+    settings: Settings = request.app.state.settings
+    raw = await request.body()  # the route's cap applies while streaming
+    if len(raw) > settings.gateway_max_body:
+        raise HTTPException(status_code=413)
+    try:
+        return msgspec.json.decode(raw, type=GatewayActionRequest)
+    except msgspec.ValidationError as exc:
+        raise ValidationFailed(details=[_issue(str(exc))]) from None
+    except msgspec.DecodeError as exc:
+        raise ValidationFailed("Malformed request.", [FieldIssue("body", f"Invalid JSON: {exc}"[:500])]) from None
+
+
+def _issue(message: str) -> FieldIssue:
+    """msgspec: "Object missing required field `tool` - at `$.action`" -> action.tool."""
+    m = _PATH.search(message)
+    path = m.group("path") if m else ""
+    issue = _PATH.sub("", message)
+    path = re.sub(r"\[(\d+)\]", r".\1", path).strip(".")
+    named = _NAMED.match(issue)
+    if named:
+        path = f"{path}.{named.group('name')}" if path else named.group("name")
+    return FieldIssue(path or "body", issue[:500])
+
+
+def _gateway(request: Request[Any, Any, Any]) -> Gateway:
+    return request.app.state.gateway  # type: ignore[no-any-return]
+
+
+async def evaluate(request: Request[Any, Any, Any]) -> Response[Any]:
+    principal = await _principal(request)
+    req = await _body(request)
+    body, decision = await _gateway(request).evaluate(principal.org_id or "", req, uapk_ids=principal.uapk_ids)
+    return Response(body, status_code=200, media_type=MediaType.JSON, headers=ratelimit_headers(decision))
+
+
+async def execute(request: Request[Any, Any, Any]) -> Response[Any]:
+    principal = await _principal(request)
+    req = await _body(request)
+    body, decision = await _gateway(request).execute(
+        principal.org_id or "", req, uapk_ids=principal.uapk_ids, key_id=principal.key_id
+    )
+    return Response(body, status_code=200, media_type=MediaType.JSON, headers=ratelimit_headers(decision))
+
+
+def router(max_body: int = Settings.gateway_max_body) -> Router:
+    """Fresh handler objects per app (Litestar resolves the body cap per handler)."""
+    return Router(
+        "/api/v1/gateway",
+        route_handlers=[
+            post("/evaluate", status_code=200, tags=["gateway"], summary="Dry-run decision with trace")(evaluate),
+            post("/execute", status_code=200, tags=["gateway"], summary="Decide, spend quota, escalate")(execute),
+        ],
+        request_max_body_size=max_body,
+    )

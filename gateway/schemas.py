@@ -1,0 +1,79 @@
+"""Wire types of the gateway endpoints (the UAPK SDK's GatewayActionRequest and responses).
+
+Requests forbid unknown fields (the SDK sends exactly these); ``params`` and ``context`` are
+free-form objects.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=63)]
+AgentId = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+Text = Annotated[str, msgspec.Meta(max_length=2000)]
+Short = Annotated[str, msgspec.Meta(max_length=320)]
+Token = Annotated[str, msgspec.Meta(max_length=8192)]
+
+
+class Action(msgspec.Struct, forbid_unknown_fields=True):
+    type: Name
+    tool: Name
+    params: dict[str, Any] = msgspec.field(default_factory=dict)
+    amount: float | None = None
+    currency: Annotated[str, msgspec.Meta(max_length=16)] | None = None
+    description: Text | None = None
+    capability: Name | None = None
+
+
+class Counterparty(msgspec.Struct, forbid_unknown_fields=True):
+    id: Short | None = None
+    name: Short | None = None
+    email: Short | None = None
+    domain: Short | None = None
+    jurisdiction: Short | None = None
+
+
+class GatewayActionRequest(msgspec.Struct, forbid_unknown_fields=True):
+    uapk_id: Id
+    agent_id: AgentId
+    action: Action
+    counterparty: Counterparty | None = None
+    context: dict[str, Any] | None = None
+    capability_token: Token | None = None
+    override_token: Token | None = None
+
+
+class ReasonOut(msgspec.Struct):
+    code: str
+    message: str
+    details: dict[str, Any]
+
+
+class TraceOut(msgspec.Struct, omit_defaults=True):
+    check: str
+    result: Literal["pass", "fail", "escalate", "skip"]
+    detail: str = ""
+    rule: str | None = None
+
+
+class EvaluateResponse(msgspec.Struct):
+    interaction_id: str
+    decision: Literal["allow", "deny", "escalate"]
+    reasons: list[ReasonOut]
+    approval_id: str | None
+    timestamp: str
+    policy_version: str
+    trace: list[TraceOut]
+
+
+class ExecuteResponse(msgspec.Struct):
+    interaction_id: str
+    decision: Literal["allow", "deny", "escalate"]
+    reasons: list[ReasonOut]
+    approval_id: str | None
+    timestamp: str
+    policy_version: str
+    executed: bool
+    result: None

@@ -1,0 +1,155 @@
+"""The gateway service: ties the state, the pipeline, the quota backend and approvals together.
+
+Owned by the app (``app.state.gateway``); the routes stay thin. ``evaluate`` is a dry run;
+``execute`` spends quota on allow, consumes the override token that allowed it (its use is
+recorded in the database off the response path) and creates an approval on escalate.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import uuid
+from typing import Any
+
+import msgspec
+
+from core.clock import isoformat
+from gateway.pipeline import Decision, Pipeline, required_capability
+from gateway.schemas import EvaluateResponse, ExecuteResponse, GatewayActionRequest, ReasonOut, TraceOut
+from gateway.state import GatewayState
+from store.quotas import DAY_EXHAUSTED, HOUR_EXHAUSTED, MemoryQuotas, QuotaBackend, RedisQuotas
+from store.runtime import Runtime
+
+log = logging.getLogger("bastion.gateway")
+
+
+def make_quota_backend(runtime: Runtime) -> QuotaBackend:
+    if runtime.redis is not None:
+        return RedisQuotas(runtime.redis)
+    return MemoryQuotas()
+
+
+def _override_checker(runtime: Runtime) -> Any:
+    try:
+        from gateway.overrides import check_override
+    except ImportError:  # pragma: no cover - the approvals module ships with the gateway
+        return None
+    return functools.partial(check_override, runtime.keys, runtime.settings)
+
+
+class Gateway:
+    def __init__(self, runtime: Runtime, *, quotas: QuotaBackend | None = None, poll_interval: float = 2.0):
+        self.runtime = runtime
+        self.state = GatewayState(runtime, poll_interval=poll_interval)
+        self.quotas = quotas or make_quota_backend(runtime)
+        self.pipeline = Pipeline(self.quotas, _override_checker(runtime))
+        self._background: set[asyncio.Task[Any]] = set()
+
+    async def start(self) -> None:
+        prepare = getattr(self.quotas, "prepare", None)
+        if prepare is not None:
+            await prepare()
+        await self.state.start()
+
+    async def stop(self) -> None:
+        await self.state.stop()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+    async def decide(
+        self, org_id: str, req: GatewayActionRequest, *, spend: bool, uapk_ids: tuple[str, ...] | None
+    ) -> Decision:
+        capability = required_capability(req)  # 400 before any state is touched
+        compiled = await self.state.get(org_id)
+        return await self.pipeline.decide(
+            req, compiled, spend=spend, allowed_uapk_ids=uapk_ids, capability=capability
+        )
+
+    async def evaluate(
+        self, org_id: str, req: GatewayActionRequest, *, uapk_ids: tuple[str, ...] | None
+    ) -> tuple[EvaluateResponse, Decision]:
+        d = await self.decide(org_id, req, spend=False, uapk_ids=uapk_ids)
+        body = EvaluateResponse(
+            interaction_id=str(uuid.uuid4()),
+            decision=d.decision,
+            reasons=_reasons(d),
+            approval_id=None,
+            timestamp=isoformat(d.timestamp) or "",
+            policy_version=d.policy_version,
+            trace=[TraceOut(s.check, s.result, s.detail, s.rule) for s in d.trace],
+        )
+        return body, d
+
+    async def execute(
+        self, org_id: str, req: GatewayActionRequest, *, uapk_ids: tuple[str, ...] | None, key_id: str | None
+    ) -> tuple[ExecuteResponse, Decision]:
+        d = await self.decide(org_id, req, spend=True, uapk_ids=uapk_ids)
+        interaction_id = str(uuid.uuid4())
+        approval_id: str | None = None
+        if d.decision == "escalate":
+            from gateway.approvals import create_approval
+
+            approval_id = await create_approval(
+                self.runtime,
+                org_id=org_id,
+                uapk_id=req.uapk_id,
+                agent_id=req.agent_id,
+                capability=d.capability,
+                action=msgspec.to_builtins(req.action),
+                reasons=[r.as_dict() for r in d.reasons],
+                interaction_id=interaction_id,
+                key_id=key_id,
+            )
+        elif d.decision == "allow" and d.override_consumed and d.override is not None:
+            self._record_override_use(org_id, d.override.approval_id, d.override.jti)
+        body = ExecuteResponse(
+            interaction_id=interaction_id,
+            decision=d.decision,
+            reasons=_reasons(d),
+            approval_id=approval_id,
+            timestamp=isoformat(d.timestamp) or "",
+            policy_version=d.policy_version,
+            executed=False,
+            result=None,
+        )
+        return body, d
+
+    def _record_override_use(self, org_id: str, approval_id: str, jti: str) -> None:
+        from gateway.approvals import on_override_consumed
+
+        task = asyncio.create_task(on_override_consumed(self.runtime, org_id, approval_id, jti))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def drain(self) -> None:
+        """Wait for background work (tests)."""
+        while self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
+
+
+def _reasons(d: Decision) -> list[ReasonOut]:
+    return [ReasonOut(r.code, r.message, r.details) for r in d.reasons]
+
+
+def ratelimit_headers(d: Decision) -> dict[str, str]:
+    """IETF draft-ietf-httpapi-ratelimit-headers: the agent's two quota policies, and the
+    window that binds first (fewest remaining; the hour on a tie)."""
+    limits = d.limits
+    if limits is None:
+        return {}
+    hour, day = limits
+    headers = {"RateLimit-Policy": f'"hour";q={hour};w=3600, "day";q={day};w=86400'}
+    q = d.quota
+    if q is not None:
+        hour_r, day_r = q.hour_remaining, q.day_remaining
+        if q.status == DAY_EXHAUSTED:
+            name, remaining, reset = "day", 0, q.day_reset
+        elif q.status == HOUR_EXHAUSTED:
+            name, remaining, reset = "hour", 0, q.hour_reset
+        elif day_r < hour_r:
+            name, remaining, reset = "day", day_r, q.day_reset
+        else:
+            name, remaining, reset = "hour", hour_r, q.hour_reset
+        headers["RateLimit"] = f'"{name}";r={remaining};t={q.retry_after(reset)}'
+    return headers

@@ -1,0 +1,57 @@
+-- Gateway quotas: check (and spend) the hourly and daily windows of one (org, uapk_id) in one
+-- atomic step, and optionally mark an override token used in the same step.
+--
+-- KEYS[1]  base key "bq:{<org>:<uapk>}". Every key the script touches starts with it, so all
+--          share its hash tag (one Redis Cluster slot): "<base>:h:<hour start epoch>",
+--          "<base>:d:<day start epoch>".
+-- KEYS[2]  (optional) override marker "bq:{<org>:<uapk>}:ovr:<jti>".
+-- ARGV[1]  "spend" (execute) or "check" (evaluate, escalations: read-only).
+-- ARGV[2]  hour limit.  ARGV[3]  day limit.
+-- ARGV[4]  override token expiry in epoch milliseconds ("" without KEYS[2]).
+-- ARGV[5]  test-only clock in epoch milliseconds; "" in production = Redis TIME.
+--
+-- Windows are fixed and UTC-aligned (epoch seconds are UTC). Returns
+-- {status, hour_used, day_used, now_ms} with status 0 = admitted (and spent when "spend"),
+-- 1 = hour window exhausted, 2 = day window exhausted, 3 = override token already used.
+-- Nothing is written unless status is 0 and the mode is "spend".
+local now_ms
+if ARGV[5] ~= nil and ARGV[5] ~= '' then
+  now_ms = tonumber(ARGV[5])
+else
+  local t = redis.call('TIME')
+  now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local now_s = math.floor(now_ms / 1000)
+local hour_start = now_s - (now_s % 3600)
+local day_start = now_s - (now_s % 86400)
+local hkey = KEYS[1] .. ':h:' .. string.format('%d', hour_start)
+local dkey = KEYS[1] .. ':d:' .. string.format('%d', day_start)
+local hlimit = tonumber(ARGV[2])
+local dlimit = tonumber(ARGV[3])
+local hused = tonumber(redis.call('GET', hkey) or '0')
+local dused = tonumber(redis.call('GET', dkey) or '0')
+
+if KEYS[2] ~= nil and redis.call('EXISTS', KEYS[2]) == 1 then
+  return {3, hused, dused, now_ms}
+end
+if dused >= dlimit then
+  return {2, hused, dused, now_ms}
+end
+if hused >= hlimit then
+  return {1, hused, dused, now_ms}
+end
+if ARGV[1] == 'spend' then
+  hused = redis.call('INCR', hkey)
+  dused = redis.call('INCR', dkey)
+  -- Keep each window a minute past its end (clock skew between Redis and readers).
+  redis.call('EXPIRE', hkey, hour_start + 3600 - now_s + 60)
+  redis.call('EXPIRE', dkey, day_start + 86400 - now_s + 60)
+  if KEYS[2] ~= nil then
+    -- Until the token's expiry, plus a minute for clock skew between this Redis and the
+    -- gateway that checks the expiry (a marker gone too early would allow a replay).
+    local px = tonumber(ARGV[4]) - now_ms + 60000
+    if px < 60000 then px = 60000 end
+    redis.call('SET', KEYS[2], '1', 'NX', 'PX', string.format('%d', px))
+  end
+end
+return {0, hused, dused, now_ms}
