@@ -111,6 +111,11 @@ class Settings:
     signing_key_file: str | None = None
     api_key_pepper: str | None = None
     issuer: str = "bastion"
+    # Audit trail: action params in events (else only their hash), retention (0 = forever),
+    # a signed checkpoint every N events.
+    audit_include_params: bool = False
+    audit_retention_days: int = 0
+    audit_checkpoint_every: int = 100
     log_level: str = "INFO"
     bootstrap_org_slug: str | None = None
     bootstrap_org_name: str | None = None
@@ -153,6 +158,9 @@ _SPEC: dict[str, tuple[str, Callable[[str], object]]] = {
     "BASTION_SIGNING_KEY_FILE": ("signing_key_file", _str("BASTION_SIGNING_KEY_FILE")),
     "BASTION_API_KEY_PEPPER": ("api_key_pepper", _str("BASTION_API_KEY_PEPPER")),
     "BASTION_ISSUER": ("issuer", _host("BASTION_ISSUER")),
+    "BASTION_AUDIT_INCLUDE_PARAMS": ("audit_include_params", _bool("BASTION_AUDIT_INCLUDE_PARAMS")),
+    "BASTION_AUDIT_RETENTION_DAYS": ("audit_retention_days", _int("BASTION_AUDIT_RETENTION_DAYS", 0, 100 * 366)),
+    "BASTION_AUDIT_CHECKPOINT_EVERY": ("audit_checkpoint_every", _int("BASTION_AUDIT_CHECKPOINT_EVERY", 1, 10**6)),
     "BASTION_LOG_LEVEL": ("log_level", lambda raw: _level(raw)),
     "BASTION_BOOTSTRAP_ORG_SLUG": ("bootstrap_org_slug", _str("BASTION_BOOTSTRAP_ORG_SLUG")),
     "BASTION_BOOTSTRAP_ORG_NAME": ("bootstrap_org_name", _str("BASTION_BOOTSTRAP_ORG_NAME")),
