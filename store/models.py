@@ -5,7 +5,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from store.types import JSONType, UTCDateTime
@@ -169,3 +169,62 @@ class CapabilityToken(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True, index=True)
     revoked_by: Mapped[str | None] = mapped_column(String(254), nullable=True)
+
+
+class AuditEvent(Base):
+    """One audit event, hash-chained per organization (store/audit.py; docs/audit.md).
+
+    ``created_at`` is the exact RFC 3339 text that was hashed (fixed width, so it sorts)."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (
+        UniqueConstraint("org_id", "seq", name="uq_audit_org_seq"),
+        Index("ix_audit_org_created", "org_id", "created_at"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    org_id: Mapped[str] = mapped_column(String(36))
+    seq: Mapped[int] = mapped_column(Integer)
+    event_id: Mapped[str] = mapped_column(String(64), unique=True)
+    kind: Mapped[str] = mapped_column(String(64))
+    actor: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    uapk_id: Mapped[str | None] = mapped_column(String(63), nullable=True)
+    agent_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    capability: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    decision: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    reasons: Mapped[list[Any] | None] = mapped_column(JSONType, nullable=True)
+    policy_version: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    interaction_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    params_hash: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    params: Mapped[Any | None] = mapped_column(JSONType, nullable=True)
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    created_at: Mapped[str] = mapped_column(String(32))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditHead(Base):
+    """The end of one organization's chain; appends lock this row (single writer per org)."""
+
+    __tablename__ = "audit_heads"
+    org_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, default=0)
+    hash: Mapped[str] = mapped_column(String(64))
+    checkpoint_seq: Mapped[int] = mapped_column(Integer, default=0)
+    checkpoint_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class AuditCheckpoint(Base):
+    """A signed (head hash, seq, time) of one organization's chain. ``anchor``: retention
+    pruned every event up to ``seq``; verification starts from here."""
+
+    __tablename__ = "audit_checkpoints"
+    __table_args__ = (Index("ix_audit_cp_org_seq", "org_id", "seq"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    org_id: Mapped[str] = mapped_column(String(36))
+    seq: Mapped[int] = mapped_column(Integer)
+    hash: Mapped[str] = mapped_column(String(64))
+    anchor: Mapped[bool] = mapped_column(Boolean, default=False)
+    kid: Mapped[str] = mapped_column(String(64))
+    token: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
