@@ -137,6 +137,8 @@ async def current_principal(request: ASGIConnection[Any, Any, Any, Any]) -> Prin
         return cached
     principal = await authenticator(request).authenticate(request)
     state[_PRINCIPAL] = principal
+    if principal.org_id:  # an API key's org: known for the access log even if the body is bad
+        state.setdefault("org_id", principal.org_id)
     return principal
 
 

@@ -1,0 +1,161 @@
+"""The error body, on every error: the framework's own and the handlers'."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from tests.conftest import Org, assert_error, serve_app
+
+
+def keys_url(org: Org) -> str:
+    return f"/api/v1/orgs/{org.org_id}/api-keys"
+
+
+def raw(org: Org) -> dict[str, str]:
+    return {**org.headers, "Content-Type": "application/json"}
+
+
+async def test_unknown_route_is_404_with_error_body(client: Any) -> None:
+    r = await client.get("/no/such/route")
+    assert_error(r, 404, "NOT_FOUND")
+
+
+async def test_wrong_method_is_405_with_error_body(client: Any, org: Org) -> None:
+    r = await client.delete("/api/v1/orgs", headers=org.headers)
+    body = assert_error(r, 405, "METHOD_NOT_ALLOWED")
+    assert body["details"] == []
+
+
+async def test_malformed_json_is_400(client: Any, org: Org) -> None:
+    r = await client.post(keys_url(org), content=b'{"name": "x", "role": ', headers=raw(org))
+    body = assert_error(r, 400, "VALIDATION_ERROR")
+    assert body["details"][0]["field"] == "body"
+
+
+async def test_deeply_nested_json_is_400_not_500(client: Any, org: Org) -> None:
+    payload = b"[" * 5000 + b"]" * 5000
+    r = await client.post(keys_url(org), content=payload, headers=raw(org))
+    body = assert_error(r, 400, "VALIDATION_ERROR")
+    assert body["details"][0]["field"] == "body"
+    nested_obj = b'{"a":' * 5000 + b"1" + b"}" * 5000
+    r = await client.post(keys_url(org), content=nested_obj, headers=raw(org))
+    assert_error(r, 400, "VALIDATION_ERROR")
+
+
+async def test_invalid_utf8_is_400(client: Any, org: Org) -> None:
+    r = await client.post(keys_url(org), content=b'{"name": "\xff\xfe", "role": "viewer"}', headers=raw(org))
+    body = assert_error(r, 400, "VALIDATION_ERROR")
+    assert body["details"] == [{"field": "body", "issue": "Body is not valid UTF-8."}]
+
+
+async def test_unknown_field_is_400_naming_it(client: Any, org: Org) -> None:
+    r = await client.post(keys_url(org), json={"name": "k", "role": "viewer", "admin": True}, headers=org.headers)
+    body = assert_error(r, 400, "VALIDATION_ERROR")
+    assert [d["field"] for d in body["details"]] == ["admin"]
+    assert "unknown field" in body["details"][0]["issue"]
+
+
+async def test_wrong_type_is_400_with_dotted_field(client: Any, org: Org) -> None:
+    r = await client.post(keys_url(org), json={"name": "k", "role": "agent", "uapk_ids": ["ok-id", 7]}, headers=org.headers)
+    body = assert_error(r, 400, "VALIDATION_ERROR")
+    assert body["details"][0]["field"] == "uapk_ids.1"
+    assert "Expected `str`" in body["details"][0]["issue"]
+
+
+async def test_missing_field_and_bad_enum_name_the_field(client: Any, org: Org) -> None:
+    r = await client.post(keys_url(org), json={"role": "viewer"}, headers=org.headers)
+    body = assert_error(r, 400, "VALIDATION_ERROR")
+    assert body["details"][0]["field"] == "name"
+    r = await client.post(keys_url(org), json={"name": "k", "role": "superuser"}, headers=org.headers)
+    body = assert_error(r, 400, "VALIDATION_ERROR")
+    assert body["details"][0]["field"] == "role"
+
+
+async def test_json_of_the_wrong_shape_is_400(client: Any, org: Org) -> None:
+    r = await client.post(keys_url(org), json=["name", "role"], headers=org.headers)
+    assert_error(r, 400, "VALIDATION_ERROR")
+
+
+async def test_handler_validation_lists_every_bad_field(client: Any, org: Org) -> None:
+    r = await client.post(
+        keys_url(org), json={"name": "bad\nname", "role": "viewer", "uapk_ids": ["x"]}, headers=org.headers
+    )
+    body = assert_error(r, 400, "VALIDATION_ERROR")
+    assert {d["field"] for d in body["details"]} == {"name", "uapk_ids", "uapk_ids.0"}
+
+
+async def test_body_over_the_configured_cap_is_413(settings_factory: Any) -> None:
+    from bastion.app import create_app
+    from tests.conftest import bootstrap_org
+
+    app = create_app(settings_factory(api_max_body=2048))
+    async with serve_app(app) as c:
+        org = await bootstrap_org(app)
+        big = json.dumps({"name": "a" * 4000, "role": "viewer"}).encode()
+        r = await c.post(keys_url(org), content=big, headers=raw(org))
+        assert_error(r, 413, "PAYLOAD_TOO_LARGE")
+        # Just under the cap is fine (the handler then rejects the long name with 400).
+        r = await c.post(keys_url(org), content=json.dumps({"name": "a" * 1500, "role": "viewer"}).encode(), headers=raw(org))
+        assert_error(r, 400, "VALIDATION_ERROR")
+
+
+async def test_gateway_routes_keep_their_smaller_cap_in_the_combined_app(
+    settings_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from litestar import post
+
+    import bastion.app
+
+    @post("/api/v1/gateway/test-echo", opt={"errors": [400, 413]})
+    async def echo(data: dict[str, Any]) -> dict[str, int]:
+        return {"size": len(json.dumps(data))}
+
+    monkeypatch.setattr(bastion.app, "gateway_routes", lambda: [echo])
+    app = bastion.app.create_app(settings_factory(gateway_max_body=1024, api_max_body=8192))
+    async with serve_app(app) as c:
+        small = json.dumps({"x": "a" * 500}).encode()
+        big = json.dumps({"x": "a" * 3000}).encode()
+        h = {"Content-Type": "application/json"}
+        r = await c.post("/api/v1/gateway/test-echo", content=small, headers=h)
+        assert r.status_code == 201, r.text
+        r = await c.post("/api/v1/gateway/test-echo", content=big, headers=h)
+        assert_error(r, 413, "PAYLOAD_TOO_LARGE")
+
+
+async def test_unauthenticated_bad_body_is_401_before_400(client: Any, org: Org) -> None:
+    r = await client.post(keys_url(org), content=b"{not json", headers={"Content-Type": "application/json"})
+    assert_error(r, 401, "AUTHENTICATION_REQUIRED")
+    r = await client.post(
+        keys_url(org), content=b"{not json", headers={"Content-Type": "application/json", "X-API-Key": "bst_wrong"}
+    )
+    assert_error(r, 401, "AUTHENTICATION_REQUIRED")
+
+
+async def test_handler_errors_use_the_error_body(client: Any, org: Org) -> None:
+    r = await client.get(f"/api/v1/orgs/{org.org_id}/users/does-not-exist")
+    assert_error(r, 405, "METHOD_NOT_ALLOWED")
+    r = await client.patch(f"/api/v1/orgs/{org.org_id}/users/nobody", json={"role": "viewer"}, headers=org.headers)
+    assert_error(r, 404, "NOT_FOUND")
+
+
+def test_unhandled_exceptions_are_500_without_internals() -> None:
+    """An unexpected exception becomes INTERNAL_ERROR with no exception text in the body."""
+    from litestar import Litestar, get
+    from litestar.testing import TestClient
+
+    from httpkit.context import RequestContext
+    from httpkit.errors import EXCEPTION_HANDLERS
+
+    @get("/boom")
+    async def boom() -> None:
+        raise KeyError("secret-internal-detail")
+
+    app = Litestar([boom], exception_handlers=EXCEPTION_HANDLERS, logging_config=None)
+    app.asgi_handler = RequestContext(app.asgi_handler)  # type: ignore[assignment]
+    with TestClient(app) as c:
+        r = c.get("/boom")
+    body = assert_error(r, 500, "INTERNAL_ERROR")
+    assert "secret-internal-detail" not in r.text
+    assert body["details"] == []
