@@ -16,6 +16,7 @@ Two backends with identical results:
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 import time
@@ -99,8 +100,11 @@ class QuotaBackend(Protocol):
 
 
 class RedisQuotas:
-    def __init__(self, redis: Any, *, test_clock: Callable[[], float] | None = None):
+    def __init__(self, redis: Any, *, test_clock: Callable[[], float] | None = None, max_in_flight: int = 64):
         self.redis = redis
+        # redis-py's pool refuses (MaxConnectionsError) beyond 100 connections; queue here
+        # instead, below that bound, so a burst waits a little rather than failing with 503s.
+        self._slots = asyncio.Semaphore(max_in_flight)
         # Only tests set this: it replaces Redis TIME (ARGV[5]) to probe window edges.
         self._test_clock = test_clock
 
@@ -133,10 +137,11 @@ class RedisQuotas:
         args = [mode, str(int(hour_limit)), str(int(day_limit)),
                 str(override.expires_at * 1000) if override else "", now_arg]
         try:
-            try:
-                raw = await self.redis.evalsha(SCRIPT_SHA, len(keys), *keys, *args)
-            except NoScriptError:
-                raw = await self.redis.eval(SCRIPT, len(keys), *keys, *args)
+            async with self._slots:
+                try:
+                    raw = await self.redis.evalsha(SCRIPT_SHA, len(keys), *keys, *args)
+                except NoScriptError:
+                    raw = await self.redis.eval(SCRIPT, len(keys), *keys, *args)
         except (RedisError, OSError, TimeoutError) as exc:
             raise ServiceUnavailable(
                 f"Quota store unavailable ({type(exc).__name__}); no action was allowed. Retry shortly."
