@@ -153,6 +153,7 @@ GOOD: list[tuple[str, Mutator]] = [
     ("capability token flag", _set("constraints.require_capability_token", True)),
     ("no metadata", _del("metadata")),
     ("unicode name", _set("agent.name", "B\u00fcro-Agent \u2014 \u65e5\u672c")),
+    ("metadata with escapes", _set("metadata", {"note": "line1\nline2\u0000\t", "\u00e9": "\u20ac"})),
     ("metadata floats and nesting", _set("metadata", {"ratio": 0.1, "tags": ["a", {"b": None}], "n": -5})),
 ]
 
@@ -168,6 +169,10 @@ async def test_accepted(client: Any, org: Org, mutate: Mutator) -> None:
     assert r.json()["manifest_hash"] == v["manifest_hash"]
     expected = "sha256:" + hashlib.sha256(rfc8785.dumps(d)).hexdigest()
     assert v["manifest_hash"] == expected
+    # Stored exactly as submitted.
+    got = (await client.get(f"{base(org)}/{r.json()['manifest_id']}", headers=org.headers)).json()
+    assert got["agent"] == d["agent"] and got["metadata"] == d.get("metadata", {})
+    assert got["constraints"] == d.get("constraints", {}) and got["capabilities"]["requested"] == d["capabilities"]["requested"]
 
 
 async def test_every_bad_field_is_reported_at_once(client: Any, org: Org) -> None:
@@ -207,7 +212,7 @@ async def test_oversized_body_is_refused(client: Any, org: Org) -> None:
     d = doc()
     d["capabilities"]["requested"] = ["a:b"] * 300_000  # ~2 MB, over the 1 MiB API cap
     r = await client.post(base(org), json=d, headers=org.headers)
-    assert r.status_code in (400, 413), r.text
+    assert_error(r, 413, "PAYLOAD_TOO_LARGE")
 
 
 # --- warnings ----------------------------------------------------------------------------
