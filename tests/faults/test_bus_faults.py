@@ -1,0 +1,87 @@
+"""The change bus's pub/sub connection under Redis faults (in-process, private Redis): after a
+kill and restart, or a freeze and thaw, a change published by another process arrives within
+5 s; stopping the bus never hangs on a frozen Redis."""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import pytest
+
+from store.bus import RedisChangeBus
+from store.runtime import make_pubsub_redis, make_redis
+from tests.faults.procs import RedisServer
+
+CHANNEL = "bastion:changes:0"
+
+
+async def _delivered_within(bus_inbox: asyncio.Queue[dict[str, Any]], server: RedisServer, limit: float) -> float:
+    """Publish from another client until the bus sees it; seconds until it did."""
+    t0 = time.monotonic()
+    n = 0
+    while time.monotonic() - t0 < limit:
+        n += 1
+        c = server.client()
+        try:
+            c.publish(CHANNEL, json.dumps({"kind": "probe", "org_id": "o", "n": n}))
+        except Exception:
+            pass
+        finally:
+            c.close()
+        try:
+            msg = await asyncio.wait_for(bus_inbox.get(), 0.2)
+            if msg.get("kind") == "probe":
+                return time.monotonic() - t0
+        except asyncio.TimeoutError:
+            continue
+    raise AssertionError(f"no change delivered within {limit} s")
+
+
+@pytest.mark.parametrize("fault", ["kill", "freeze"])
+async def test_change_bus_resubscribes_after_redis_fault(redis_server: RedisServer, fault: str) -> None:
+    bus = RedisChangeBus(make_pubsub_redis(redis_server.url()), channel=CHANNEL)
+    inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    async def listener(message: dict[str, Any]) -> None:
+        await inbox.put(message)
+
+    bus.subscribe(listener)
+    await bus.start()
+    try:
+        assert await _delivered_within(inbox, redis_server, 5.0) < 5.0
+        if fault == "kill":
+            await asyncio.to_thread(redis_server.kill)
+            await asyncio.sleep(1.0)
+            await asyncio.to_thread(redis_server.start)
+        else:
+            redis_server.freeze()
+            await asyncio.sleep(1.0)
+            redis_server.thaw()
+        took = await _delivered_within(inbox, redis_server, 5.0)
+        print(f"bus after {fault}: delivered in {took:.2f} s")
+    finally:
+        t0 = time.monotonic()
+        await asyncio.wait_for(bus.stop(), 5)
+        await bus.redis.aclose()
+        assert time.monotonic() - t0 < 5
+
+
+async def test_bus_stop_and_publish_do_not_hang_on_frozen_redis(redis_server: RedisServer) -> None:
+    """Shutdown while Redis is frozen finishes, and a publish fails fast (bounded timeout)."""
+    publisher = make_redis(redis_server.url())
+    bus = RedisChangeBus(make_pubsub_redis(redis_server.url()), channel=CHANNEL)
+    await bus.start()
+    redis_server.freeze()
+    try:
+        bus2 = RedisChangeBus(publisher, channel=CHANNEL)
+        t0 = time.monotonic()
+        with pytest.raises(Exception):
+            await bus2.publish({"kind": "probe", "org_id": "o"})
+        assert time.monotonic() - t0 < 1.0
+        await asyncio.wait_for(bus.stop(), 5)
+    finally:
+        redis_server.thaw()
+        await bus.redis.aclose()
+        await publisher.aclose()
