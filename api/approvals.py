@@ -15,7 +15,7 @@ from litestar.status_codes import HTTP_200_OK
 
 from api.validation import Checker, has_control_chars
 from core.clock import utcnow
-from core.errors import Conflict, NotFound
+from core.errors import Conflict, NotFound, Unprocessable
 from gateway.approvals import wire
 from gateway.overrides import issue_override
 from httpkit.auth import admit
@@ -165,12 +165,20 @@ class ApprovalController(Controller):
             raise _not_pending(approval, now)
         action = approval.action or {}
         params = action.get("params")
-        token, jti, exp = issue_override(
-            runtime.keys, runtime.settings,
-            approval_id=approval.id, org_id=org_id, uapk_id=approval.uapk_id, agent_id=approval.agent_id,
-            capability=approval.capability, params=params if isinstance(params, dict) else {},
-            amount=action.get("amount"), currency=action.get("currency"), ttl_seconds=ttl,
-        )
+        try:
+            token, jti, exp = issue_override(
+                runtime.keys, runtime.settings,
+                approval_id=approval.id, org_id=org_id, uapk_id=approval.uapk_id, agent_id=approval.agent_id,
+                capability=approval.capability, params=params if isinstance(params, dict) else {},
+                amount=action.get("amount"), currency=action.get("currency"), ttl_seconds=ttl,
+            )
+        except ValueError:
+            # e.g. an integer beyond 2**53 in params: RFC 8785 cannot canonicalise it, so no
+            # override token could ever match this action. Deny it instead.
+            raise Unprocessable(
+                "This action cannot be bound to an override token (its params are not representable "
+                "in canonical JSON); deny it instead."
+            ) from None
         async with runtime.sessions() as session, session.begin():
             won = await repo.decide(
                 session, org_id, approval_id, to_status=repo.APPROVED, actor=caller.actor, now=now,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from litestar import Request, get
 
 from core.clock import utcnow
@@ -16,15 +17,32 @@ from httpkit.auth import authenticator, rate_limit
 from store import approvals as repo
 from store.runtime import Runtime
 
-# What the agent sees: no approver identity or internal notes.
-_AGENT_FIELDS = (
-    "approval_id", "status", "uapk_id", "agent_id", "capability", "action", "reasons", "interaction_id",
-    "created_at", "expires_at", "decided_at", "reason", "override_token", "override_expires_at",
-)
+
+class AgentApprovalOut(msgspec.Struct):
+    """What the agent sees: no approver identity or internal notes. ``status`` is one of
+    PENDING, APPROVED, DENIED, EXPIRED; ``override_token`` is set while APPROVED and unused."""
+
+    approval_id: str
+    status: str
+    uapk_id: str
+    agent_id: str
+    capability: str
+    action: dict[str, Any]
+    reasons: list[dict[str, Any]]
+    interaction_id: str
+    created_at: str
+    expires_at: str
+    decided_at: str | None
+    reason: str | None
+    override_token: str | None
+    override_expires_at: str | None
+
+
+_AGENT_FIELDS = AgentApprovalOut.__struct_fields__
 
 
 @get("/api/v1/approvals/{approval_id:str}", tags=["gateway"], summary="An approval's status (and override token once approved)")
-async def agent_get_approval(request: Request[Any, Any, Any], approval_id: str) -> dict[str, Any]:
+async def agent_get_approval(request: Request[Any, Any, Any], approval_id: str) -> AgentApprovalOut:
     if not request.headers.get("x-api-key"):
         raise AuthenticationRequired("Missing credentials: send X-API-Key.")
     principal = await authenticator(request).authenticate(request, sessions=False)
@@ -37,7 +55,7 @@ async def agent_get_approval(request: Request[Any, Any, Any], approval_id: str) 
     if approval is None or (principal.uapk_ids is not None and approval.uapk_id not in principal.uapk_ids):
         raise NotFound()
     out = wire(approval, utcnow(), include_token=True)
-    return {k: out.get(k) for k in _AGENT_FIELDS}
+    return msgspec.convert({k: out.get(k) for k in _AGENT_FIELDS}, AgentApprovalOut)
 
 
 ROUTES = [agent_get_approval]

@@ -344,3 +344,13 @@ async def test_override_use_is_recorded_once_and_hides_the_token(client: Any, or
     assert (await client.get(f"{_base(org)}/{approval_id}", headers=org.headers)).json()["override_used_at"] == first
     polled = (await client.get(f"/api/v1/approvals/{approval_id}", headers=agent)).json()
     assert polled["status"] == "APPROVED" and polled["override_token"] is None
+
+
+async def test_action_that_cannot_be_canonicalised_cannot_be_approved(client: Any, org: Org) -> None:
+    action = {**ACTION, "params": {"n": 2**60}}
+    approval_id = await _escalate(client, org, action=action)
+    r = await client.post(f"{_base(org)}/{approval_id}/approve", headers=org.headers)
+    assert_error(r, 422, "UNPROCESSABLE_ENTITY")
+    assert (await client.get(f"{_base(org)}/{approval_id}", headers=org.headers)).json()["status"] == "PENDING"
+    r = await client.post(f"{_base(org)}/{approval_id}/deny", json={"reason": "cannot be approved"}, headers=org.headers)
+    assert r.status_code == 200 and r.json()["status"] == "DENIED"
