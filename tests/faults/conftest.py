@@ -44,3 +44,37 @@ def pg_proxy() -> Iterator[TcpProxy]:
 def proxied(url: str, port: int) -> str:
     return url.replace("127.0.0.1:5432", f"127.0.0.1:{port}")
 
+
+
+@pytest.fixture(scope="module")
+def module_pg_url(pg_template: str) -> Iterator[str]:
+    """A database of this module's own (a copy of the migrated template)."""
+    import asyncio
+    import uuid
+
+    from tests.conftest import PG_HOST, PG_PORT, _pg_exec
+
+    name = f"bastion_f_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_pg_exec(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"'))
+    yield f"postgresql+asyncpg://postgres@{PG_HOST}:{PG_PORT}/{name}"
+    asyncio.run(_pg_exec(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="module")
+def replicas(tmp_path_factory: pytest.TempPathFactory, module_pg_url: str) -> Iterator[tuple[BastionServer, BastionServer, RedisServer]]:
+    """Two ``bastion serve`` processes sharing one PostgreSQL database, one (private) Redis
+    and one data dir (signing keys, pepper): replicas behind a load balancer."""
+    from tests.faults.procs import inherit
+
+    work = tmp_path_factory.mktemp("replicas")
+    with RedisServer(work / "redis") as redis:
+        a = BastionServer(work / "a", database_url=module_pg_url, redis_url=redis.url(), name="a")
+        b = inherit(a, work / "b", "b")
+        try:
+            a.start()
+            b.org_id, b.owner_key = a.org_id, a.owner_key
+            b.start()
+            yield a, b, redis
+        finally:
+            b.close()
+            a.close()

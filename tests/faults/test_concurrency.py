@@ -1,0 +1,172 @@
+"""Concurrency invariants under load, with two ``bastion serve`` replicas sharing PostgreSQL
+and Redis (requests alternate between them):
+
+* quotas never over-admit: far more requests than the limit -> exactly the limit, for the
+  hour window and for the day window;
+* an override token is spent once, however many replicas race to use it;
+* an approval is decided once (concurrent approve/deny: one 200, the rest 409);
+* manifest transitions are race-free (concurrent transitions: one wins, the state and the
+  history agree with it).
+"""
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+import httpx
+
+from tests.faults.helpers import action_body, setup_agent
+from tests.faults.procs import BastionServer, RedisServer, sized
+
+EXECUTE = "/api/v1/gateway/execute"
+Replicas = tuple[BastionServer, BastionServer, RedisServer]
+
+
+async def _fan_out(servers: list[BastionServer], key: str, calls: list[tuple[str, str, Any]],
+                   concurrency: int) -> list[httpx.Response]:
+    """Send ``calls`` (method, url, json) round-robin over the replicas, ``concurrency`` at
+    a time per replica; returns the responses in call order."""
+    clients = [httpx.AsyncClient(base_url=s.base_url, headers={"X-API-Key": key}, timeout=60,
+                                 limits=httpx.Limits(max_connections=concurrency)) for s in servers]
+    slots = [asyncio.Semaphore(concurrency) for _ in servers]
+
+    async def send(i: int, method: str, url: str, body: Any) -> httpx.Response:
+        k = i % len(clients)
+        async with slots[k]:
+            return await clients[k].request(method, url, json=body)
+
+    try:
+        return list(await asyncio.gather(*(send(i, m, u, b) for i, (m, u, b) in enumerate(calls))))
+    finally:
+        for c in clients:
+            await c.aclose()
+
+
+def _decisions(responses: list[httpx.Response]) -> Counter[str]:
+    out: Counter[str] = Counter()
+    for r in responses:
+        assert r.status_code == 200, r.text
+        out[r.json()["decision"]] += 1
+    return out
+
+
+def _reason_codes(responses: list[httpx.Response], decision: str) -> Counter[str]:
+    return Counter(r.json()["reasons"][0]["code"] for r in responses if r.json()["decision"] == decision)
+
+
+async def test_quotas_never_over_admit_across_replicas(replicas: Replicas) -> None:
+    a, b, redis = replicas
+    limit = 100
+    n = sized(1000, 10000)  # per agent (2,000 in all); far above the limit either way
+    hourly = setup_agent(a, "hourly-bot", hour=limit, day=10 * n)
+    daily = setup_agent(a, "daily-bot", hour=10 * n, day=limit)
+    results = {}
+    for agent in (hourly, daily):
+        calls = [("POST", EXECUTE, action_body(agent["uapk_id"]))] * n
+        results[agent["uapk_id"]] = await _fan_out([a, b], agent["agent_key"], calls, concurrency=sized(16, 32))
+
+    hour = _decisions(results["hourly-bot"])
+    assert hour == Counter({"allow": limit, "deny": n - limit}), hour
+    assert _reason_codes(results["hourly-bot"], "deny") == Counter({"hourly_budget_exceeded": n - limit})
+    day = _decisions(results["daily-bot"])
+    assert day == Counter({"allow": limit, "deny": n - limit}), day
+    assert _reason_codes(results["daily-bot"], "deny") == Counter({"budget_exceeded": n - limit})
+
+    c = redis.client()
+    try:
+        for uapk in ("hourly-bot", "daily-bot"):
+            base = f"bq:\\{{{a.org_id}:{uapk}\\}}"
+            assert sum(int(c.get(k) or 0) for k in c.scan_iter(f"{base}:h:*")) == limit
+            assert sum(int(c.get(k) or 0) for k in c.scan_iter(f"{base}:d:*")) == limit
+    finally:
+        c.close()
+
+
+async def _escalated_and_approved(a: BastionServer, agent: dict[str, str], amount: float) -> tuple[dict[str, Any], str, str]:
+    body = action_body(agent["uapk_id"], tool="stripe", type="refund", amount=amount, currency="EUR",
+                       params={"charge_id": f"ch_{amount}"})
+    async with httpx.AsyncClient(base_url=a.base_url, timeout=30) as c:
+        r = await c.post(EXECUTE, json=body, headers={"X-API-Key": agent["agent_key"]})
+        assert r.status_code == 200 and r.json()["decision"] == "escalate", r.text
+        approval_id = r.json()["approval_id"]
+        r = await c.post(f"/api/v1/orgs/{a.org_id}/approvals/{approval_id}/approve", json={"notes": "ok"},
+                         headers={"X-API-Key": agent["approver_key"]})
+        assert r.status_code == 200, r.text
+        token = r.json()["override_token"]
+        assert token
+    return body, approval_id, token
+
+
+async def test_override_token_is_spent_once_across_replicas(replicas: Replicas) -> None:
+    a, b, _ = replicas
+    agent = setup_agent(a, "refund-bot", hour=10_000, day=10_000, human=["stripe:refund"])
+    racers = sized(24, 200)
+    for round_no in range(sized(2, 5)):
+        body, approval_id, token = await _escalated_and_approved(a, agent, 100.0 + round_no)
+        calls = [("POST", EXECUTE, {**body, "override_token": token})] * racers
+        out = _decisions(await _fan_out([a, b], agent["agent_key"], calls, concurrency=racers))
+        assert out == Counter({"allow": 1, "deny": racers - 1}), out
+        # The approval records the one use (off the response path, so allow a moment).
+        async with httpx.AsyncClient(base_url=b.base_url, timeout=30) as c:
+            for _ in range(50):
+                r = await c.get(f"/api/v1/orgs/{a.org_id}/approvals/{approval_id}",
+                                headers={"X-API-Key": agent["approver_key"]})
+                assert r.status_code == 200, r.text
+                if r.json().get("override_used_at"):
+                    break
+                await asyncio.sleep(0.1)
+            assert r.json()["override_used_at"], r.json()
+
+
+async def test_an_approval_is_decided_once(replicas: Replicas) -> None:
+    a, b, _ = replicas
+    agent = setup_agent(a, "decide-bot", hour=10_000, day=10_000, human=["stripe:refund"])
+    racers = sized(16, 64)
+    for round_no in range(sized(3, 10)):
+        body = action_body(agent["uapk_id"], tool="stripe", type="refund", amount=float(round_no), currency="EUR")
+        async with httpx.AsyncClient(base_url=a.base_url, timeout=30) as c:
+            r = await c.post(EXECUTE, json=body, headers={"X-API-Key": agent["agent_key"]})
+        approval_id = r.json()["approval_id"]
+        base = f"/api/v1/orgs/{a.org_id}/approvals/{approval_id}"
+        calls = [("POST", f"{base}/{'approve' if i % 2 else 'deny'}", {"notes": f"racer {i}"}) for i in range(racers)]
+        responses = await _fan_out([a, b], agent["approver_key"], calls, concurrency=racers)
+        statuses = Counter(r.status_code for r in responses)
+        assert statuses == Counter({200: 1, 409: racers - 1}), statuses
+        winner = next(r for r in responses if r.status_code == 200).json()
+        async with httpx.AsyncClient(base_url=b.base_url, timeout=30) as c:
+            final = (await c.get(base, headers={"X-API-Key": agent["approver_key"]})).json()
+        assert final["status"] == winner["status"] in ("APPROVED", "DENIED")
+        assert final["notes"] == winner["notes"]
+
+
+async def test_manifest_transitions_are_race_free(replicas: Replicas) -> None:
+    a, b, _ = replicas
+    racers = sized(12, 48)
+    owner = a.owner_key
+    from tests.faults.helpers import manifest_doc
+
+    for round_no in range(sized(2, 6)):
+        uapk = f"race-bot-{round_no}"
+        async with httpx.AsyncClient(base_url=a.base_url, headers={"X-API-Key": owner}, timeout=30) as c:
+            r = await c.post(f"/api/v1/orgs/{a.org_id}/manifests", json=manifest_doc(uapk))
+            assert r.status_code == 201, r.text
+        mid = r.json()["manifest_id"]
+        base = f"/api/v1/orgs/{a.org_id}/manifests/{mid}"
+        # pending: approve and reject race -> exactly one wins.
+        calls = [("POST", f"{base}/{'approve' if i % 2 else 'reject'}", {"notes": f"r{i}"} if i % 2 else {"reason": f"r{i}"})
+                 for i in range(racers)]
+        responses = await _fan_out([a, b], owner, calls, concurrency=racers)
+        statuses = Counter(r.status_code for r in responses)
+        assert statuses[200] == 1 and statuses[409] == racers - 1, (statuses, [r.text for r in responses if r.status_code not in (200, 409)][:3])
+        winner = next(r for r in responses if r.status_code == 200).json()["status"]
+        if winner == "active":
+            # active: suspend and revoke race -> exactly one wins.
+            calls = [("POST", f"{base}/{'suspend' if i % 2 else 'revoke'}", {"reason": f"r{i}"}) for i in range(racers)]
+            responses = await _fan_out([a, b], owner, calls, concurrency=racers)
+            statuses = Counter(r.status_code for r in responses)
+            assert statuses[200] == 1 and statuses[409] == racers - 1, statuses
+            winner = next(r for r in responses if r.status_code == 200).json()["status"]
+        async with httpx.AsyncClient(base_url=b.base_url, headers={"X-API-Key": owner}, timeout=30) as c:
+            detail = (await c.get(base)).json()
+            assert detail["status"] == winner, (detail, winner)
