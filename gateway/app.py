@@ -22,9 +22,10 @@ def gateway_routes(settings: Settings | None = None) -> list[Any]:
 
 def gateway_hooks() -> tuple[list[Any], list[Any]]:
     """Start-up and shut-down hooks the gateway needs (state loading, listeners)."""
+    from gateway.audit import start_audit, stop_audit  # first up, last down: decisions record into it
     from gateway.token_routes import start_tokens, stop_tokens
 
-    return [start_decisions, start_tokens], [stop_tokens, stop_decisions]
+    return [start_audit, start_decisions, start_tokens], [stop_audit, stop_tokens, stop_decisions]
 
 
 async def start_decisions(app: Litestar) -> None:
