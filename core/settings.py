@@ -42,12 +42,17 @@ def _bool(name: str) -> Callable[[str], bool]:
     return parse
 
 
+def _scheme(raw: str) -> str:
+    """What to show of a bad URL: its scheme only (the rest may hold a password)."""
+    return repr(raw.split("://", 1)[0] + "://...") if "://" in raw else "a value without a scheme"
+
+
 def _db_url(name: str) -> Callable[[str], str]:
     def parse(raw: str) -> str:
         if raw.startswith("sqlite+aiosqlite://") or raw.startswith("postgresql+asyncpg://"):
             return raw
         raise ConfigError(
-            f"{name}: must start with sqlite+aiosqlite:// or postgresql+asyncpg://, got {raw!r}"
+            f"{name}: must start with sqlite+aiosqlite:// or postgresql+asyncpg://, got {_scheme(raw)}"
         )
 
     return parse
@@ -59,7 +64,7 @@ def _redis_url(name: str) -> Callable[[str], str | None]:
             return None
         if raw.startswith(("redis://", "rediss://", "unix://")):
             return raw
-        raise ConfigError(f"{name}: must start with redis://, rediss:// or unix://, got {raw!r}")
+        raise ConfigError(f"{name}: must start with redis://, rediss:// or unix://, got {_scheme(raw)}")
 
     return parse
 
@@ -75,6 +80,27 @@ def _host(name: str) -> Callable[[str], str]:
 
 def _str(name: str) -> Callable[[str], str]:
     return lambda raw: raw
+
+
+def _path(name: str) -> Callable[[str], Path]:
+    def parse(raw: str) -> Path:
+        if not raw.strip():
+            raise ConfigError(f"{name}: must not be empty")
+        return Path(raw)
+
+    return parse
+
+
+def _secret(name: str, min_len: int) -> Callable[[str], str | None]:
+    def parse(raw: str) -> str | None:
+        if raw == "":
+            return None
+        if len(raw) < min_len:
+            # Never echo a secret back, not even a bad one.
+            raise ConfigError(f"{name}: must be at least {min_len} characters (got {len(raw)})")
+        return raw
+
+    return parse
 
 
 @dataclass(frozen=True)
@@ -137,7 +163,7 @@ _SPEC: dict[str, tuple[str, Callable[[str], object]]] = {
     "BASTION_HOST": ("host", _host("BASTION_HOST")),
     "BASTION_PORT": ("port", _int("BASTION_PORT", 1, 65535)),
     "BASTION_WORKERS": ("workers", _int("BASTION_WORKERS", 1, 64)),
-    "BASTION_DATA_DIR": ("data_dir", lambda raw: Path(raw)),
+    "BASTION_DATA_DIR": ("data_dir", _path("BASTION_DATA_DIR")),
     "BASTION_DATABASE_URL": ("database_url", _db_url("BASTION_DATABASE_URL")),
     "BASTION_REDIS_URL": ("redis_url", _redis_url("BASTION_REDIS_URL")),
     "BASTION_GATEWAY_MAX_BODY": ("gateway_max_body", _int("BASTION_GATEWAY_MAX_BODY", 1024, 16 << 20)),
@@ -156,7 +182,7 @@ _SPEC: dict[str, tuple[str, Callable[[str], object]]] = {
     "BASTION_CAPABILITY_TOKEN_TTL_SECONDS": ("capability_token_ttl_seconds", _int("BASTION_CAPABILITY_TOKEN_TTL_SECONDS", 10, 30 * 86400)),
     "BASTION_CAPABILITY_TOKEN_MAX_TTL_SECONDS": ("capability_token_max_ttl_seconds", _int("BASTION_CAPABILITY_TOKEN_MAX_TTL_SECONDS", 10, 30 * 86400)),
     "BASTION_SIGNING_KEY_FILE": ("signing_key_file", _str("BASTION_SIGNING_KEY_FILE")),
-    "BASTION_API_KEY_PEPPER": ("api_key_pepper", _str("BASTION_API_KEY_PEPPER")),
+    "BASTION_API_KEY_PEPPER": ("api_key_pepper", _secret("BASTION_API_KEY_PEPPER", 16)),
     "BASTION_ISSUER": ("issuer", _host("BASTION_ISSUER")),
     "BASTION_AUDIT_INCLUDE_PARAMS": ("audit_include_params", _bool("BASTION_AUDIT_INCLUDE_PARAMS")),
     "BASTION_AUDIT_RETENTION_DAYS": ("audit_retention_days", _int("BASTION_AUDIT_RETENTION_DAYS", 0, 100 * 366)),
