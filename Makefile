@@ -25,8 +25,14 @@ migrate: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-bench: $(STAMP)
-	$(BIN)/python -m benchmarks.run
+# Benchmarks (<= 10 min on 2 cores): writes benchmarks/results/ and benchmarks/latest/SUMMARY.md.
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 
 soak: $(STAMP)
 	BASTION_SOAK=1 $(BIN)/python -m pytest -q tests/faults $(PYTEST_ARGS)

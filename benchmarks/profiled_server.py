@@ -1,0 +1,103 @@
+"""``bastion serve`` (one worker) under pyinstrument: ``python -m benchmarks.profiled_server OUT_DIR``.
+
+Runs the same uvicorn configuration as ``bastion.cli serve`` (factory ``bastion.app:asgi``,
+loop/http "auto", no access log from uvicorn) in the main thread with a sampling profiler
+around it, started by SIGUSR1 (after the warm-up). On SIGINT uvicorn shuts down, the profiler stops and writes:
+
+* ``profile.html``  the interactive pyinstrument report,
+* ``profile.txt``   the call tree as text,
+* ``profile-top.json``  the top functions by own (self) time and by total time.
+"""
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _walk(frame: Any, acc_self: dict[str, float], acc_total: dict[str, float], stack: tuple[str, ...]) -> None:
+    ident = f"{frame.function} ({frame.file_path_short}:{frame.line_no})"
+    real = [c for c in frame.children if not c.is_synthetic]
+    own = frame.time - sum(c.time for c in real)  # synthetic children ([self], [await]) are own time
+    acc_self[ident] = acc_self.get(ident, 0.0) + max(own, 0.0)
+    if ident not in stack:  # recursion counts once toward the total
+        acc_total[ident] = acc_total.get(ident, 0.0) + frame.time
+    for child in real:
+        _walk(child, acc_self, acc_total, stack + (ident,))
+
+
+def top_functions(session: Any, n: int = 15) -> dict[str, Any]:
+    root = session.root_frame()
+    if root is None:
+        return {"duration_s": 0.0, "samples": 0, "by_self": [], "by_total": []}
+    acc_self: dict[str, float] = {}
+    acc_total: dict[str, float] = {}
+    _walk(root, acc_self, acc_total, ())
+    total = root.time or 1.0
+
+    def rows(acc: dict[str, float], project_only: bool = False) -> list[dict[str, Any]]:
+        items = sorted(acc.items(), key=lambda kv: kv[1], reverse=True)
+        out = []
+        for ident, t in items:
+            if project_only and not any(f"{pkg}/" in ident for pkg in ("gateway", "httpkit", "store", "policies", "core", "api", "bastion")):
+                continue
+            if project_only and "site-packages" in ident:
+                continue
+            out.append({"function": ident, "seconds": round(t, 4), "share": round(t / total, 4)})
+            if len(out) >= n:
+                break
+        return out
+
+    return {
+        "duration_s": round(session.duration, 3),
+        "samples": session.sample_count,
+        "by_self": rows(acc_self),
+        "by_total_project": rows(acc_total, project_only=True),
+    }
+
+
+def main(argv: list[str]) -> int:
+    out_dir = Path(argv[1])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    import uvicorn
+    from pyinstrument import Profiler
+
+    from core.settings import load_settings
+
+    settings = load_settings()
+    profiler = Profiler(interval=0.0005, async_mode="disabled")
+
+    def start(_signum: int, _frame: Any) -> None:
+        if not profiler.is_running:
+            profiler.start()
+
+    # Start-up and warm-up are not profiled: the harness sends SIGUSR1 when the load begins.
+    signal.signal(signal.SIGUSR1, start)
+    try:
+        uvicorn.run(
+            "bastion.app:asgi",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=1,
+            log_level="warning",
+            access_log=False,
+            loop="auto",
+            http="auto",
+            lifespan="on",
+        )
+    finally:
+        if not profiler.is_running:
+            (out_dir / "profile-top.json").write_text(json.dumps({"error": "never started (no SIGUSR1)"}))
+            return 1
+        session = profiler.stop()
+        (out_dir / "profile.html").write_text(profiler.output_html())
+        (out_dir / "profile.txt").write_text(profiler.output_text(unicode=False, color=False, show_all=False))
+        (out_dir / "profile-top.json").write_text(json.dumps(top_functions(session), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
