@@ -14,6 +14,7 @@ from core.errors import Conflict, FieldIssue, NotFound, Unprocessable, Validatio
 from httpkit.auth import Caller, admit
 from httpkit.pagination import page_params
 from policies import manifest as doc_rules
+from policies.capabilities import is_valid_pattern, matches_any
 from store import changes
 from store import manifests as repo
 from store.models import Manifest, ManifestEvent
@@ -280,7 +281,7 @@ def _conflict(exc: repo.TransitionRefused) -> Conflict:
     starts = " or ".join(allowed) if len(allowed) < 3 else "any state but revoked"
     return Conflict(
         f"Manifest is {exc.current}; cannot {exc.action} it (allowed from {starts}).",
-        [FieldIssue("status", exc.current)],
+        [FieldIssue("status", f"Current state: {exc.current}.")],
     )
 
 
@@ -348,6 +349,18 @@ async def _transition(
     return result
 
 
+def _within_request(cap: str, requested: list[str]) -> bool:
+    if cap in requested:
+        return True
+    # ``matches`` compares a ``*`` in ``cap`` literally, so it only passes when each requested
+    # segment is ``*`` or equal: the requested pattern covers everything ``cap`` covers.
+    return is_valid_pattern(cap) and not _bad_text(cap) and matches_any(requested, cap)
+
+
+def _bad_text(value: str) -> bool:
+    return any(ord(c) < 32 or ord(c) == 127 for c in value)
+
+
 def _approved_subset(m: Manifest, wanted: list[str]) -> list[str]:
     if not wanted:
         raise ValidationFailed(
@@ -359,8 +372,9 @@ def _approved_subset(m: Manifest, wanted: list[str]) -> list[str]:
             "Request body failed validation.",
             [FieldIssue("approved_capabilities", f"At most {doc_rules.MAX_CAPABILITIES} entries.")],
         )
-    requested = set(m.requested)
-    missing = [(i, cap) for i, cap in enumerate(wanted) if cap not in requested]
+    # A requested capability, or a narrower form of a requested wildcard (crm:read or crm:*
+    # when *:* was requested); never anything broader than what was asked for.
+    missing = [(i, cap) for i, cap in enumerate(wanted) if not _within_request(cap, m.requested)]
     if missing:
         names = ", ".join(cap[:128] for _, cap in missing[:10])
         raise Unprocessable(

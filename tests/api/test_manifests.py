@@ -262,6 +262,21 @@ async def test_approving_an_unrequested_capability_is_422(client: Any, org: Org)
     assert got["status"] == "pending"
 
 
+async def test_approve_may_narrow_a_requested_wildcard(client: Any, org: Org) -> None:
+    d = doc()
+    d["capabilities"]["requested"] = ["crm:*", "*:read", "email:send"]
+    mid = (await register(client, org, d))["manifest_id"]
+    # Broader than requested, or merely overlapping: refused.
+    r = await act(client, org, mid, "approve", {"approved_capabilities": ["crm:read", "*:*", "email:*", "crm:read\n"]})
+    body = assert_error(r, 422, "UNPROCESSABLE_ENTITY")
+    assert [x["field"] for x in body["details"]] == [
+        "approved_capabilities.1", "approved_capabilities.2", "approved_capabilities.3",
+    ]
+    r = await act(client, org, mid, "approve", {"approved_capabilities": ["crm:read", "docs:read", "email:send", "crm:read"]})
+    assert r.status_code == 200, r.text
+    assert r.json()["capabilities"]["approved"] == ["crm:read", "docs:read", "email:send"]
+
+
 async def test_approve_records_the_users_email(client: Any, org: Org) -> None:
     r = await client.post("/api/v1/auth/login", json={"email": org.email, "password": org.password})
     auth = {"Authorization": f"Bearer {r.json()['access_token']}"}
@@ -515,13 +530,24 @@ async def test_approving_a_new_version_supersedes_a_suspended_one(client: Any, o
     assert (ev[-1].from_status, ev[-1].to_status) == ("suspended", "superseded")
 
 
-async def test_registering_an_existing_version_is_409(client: Any, org: Org) -> None:
-    await register(client, org)
+async def test_registering_an_existing_version_is_409(client: Any, org: Org, other_org: Org) -> None:
+    first = await register(client, org)
     body = assert_error(await client.post(base(org), json=doc(), headers=org.headers), 409, "CONFLICT")
-    assert "1.0.0" in body["message"]
-    # Same version in another org is fine.
-    other = await client.post(base(org).replace(org.org_id, org.org_id), json=doc(version="1.0.1"), headers=org.headers)
-    assert other.status_code == 201
+    assert "1.0.0" in body["message"] and body["details"][0]["field"] == "agent.version"
+    # Also when the existing version is no longer pending.
+    await act(client, org, first["manifest_id"], "revoke")
+    assert_error(await client.post(base(org), json=doc(), headers=org.headers), 409, "CONFLICT")
+    # The same agent and version in another organization is independent.
+    r = await client.post(base(other_org), json=doc(), headers=other_org.headers)
+    assert r.status_code == 201 and r.json()["manifest_id"] != first["manifest_id"]
+    assert (await client.get(base(org), headers=org.headers)).json()["total"] == 1
+
+
+async def test_agent_ids_that_look_like_routes(client: Any, org: Org) -> None:
+    for agent_id in ("history", "by-uapk", "validate"):
+        mid = (await register(client, org, doc(agent_id)))["manifest_id"]
+        r = await client.get(f"{base(org)}/by-uapk/{agent_id}", headers=org.headers)
+        assert r.status_code == 200 and r.json()["manifest_id"] == mid, r.text
 
 
 async def test_by_uapk_without_active_returns_the_newest(client: Any, org: Org) -> None:
