@@ -215,6 +215,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         http="auto",
         lifespan="on",
         proxy_headers=False,
+        server_header=False,
     )
     return 0
 
@@ -236,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     from bastion import keys_cli
 
     keys_cli.register(sub).set_defaults(func=lambda a: keys_cli.run(a, _settings()))
+    from bastion import audit_cli
+
+    audit_cli.register(sub).set_defaults(func=audit_cli.run)
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)
 
