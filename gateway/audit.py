@@ -220,6 +220,7 @@ class AuditSink:
         self._next_checkpoint = 0.0
         self._next_claim = 0.0
         self._next_prune = 0.0
+        self._prepared = False
         self.written = 0
 
     # --- producer side ----------------------------------------------------------------
@@ -262,17 +263,30 @@ class AuditSink:
             )
             self._writer_redis = Redis(connection_pool=pool, retry=None)
             self._owns_writer_redis = True
-            self._reader = Redis.from_url(self.redis_url, socket_connect_timeout=2, health_check_interval=0)
+            # Blocking reads: the socket timeout only has to outlast the block time (a frozen
+            # Redis must not hang shutdown).
+            self._reader = Redis.from_url(
+                self.redis_url, socket_connect_timeout=2, socket_timeout=self.block_ms / 1000 + 2.0,
+                health_check_interval=0, retry=None,
+            )
             try:
-                await self._reader.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
-            except Exception as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
-            # A restart: whatever a dead writer left pending is written first.
-            await self._claim(min_idle_ms=0)
+                await self._prepare_stream()
+            except Exception as exc:  # Redis down at start: record() fails closed meanwhile
+                log.warning("audit writer: Redis not ready at start; will retry",
+                            extra={"fields": {"error": type(exc).__name__}})
         self._accepting = True
         self._stopping.clear()
         self._task = asyncio.create_task(self._run(), name="audit-writer")
+
+    async def _prepare_stream(self) -> None:
+        try:
+            await self._reader.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+        except Exception as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        # A restart: whatever a dead writer left pending is written first.
+        await self._claim(min_idle_ms=0)
+        self._prepared = True
 
     async def stop(self) -> None:
         """Stop accepting, write everything queued (embedded) or read (Redis), close."""
@@ -280,7 +294,10 @@ class AuditSink:
         self._stopping.set()
         if self._task is not None:
             try:
-                await self._task
+                await asyncio.wait_for(asyncio.shield(self._task), timeout=self.block_ms / 1000 + 5.0)
+            except asyncio.TimeoutError:
+                self._task.cancel()
+                await asyncio.gather(self._task, return_exceptions=True)
             except Exception:  # pragma: no cover - logged in _run
                 log.exception("audit writer failed")
             self._task = None
@@ -328,6 +345,8 @@ class AuditSink:
         while not self._stopping.is_set():
             try:
                 if self.redis_mode:
+                    if not self._prepared:
+                        await self._prepare_stream()
                     await self._redis_round()
                 else:
                     await self._queue_round()
@@ -335,7 +354,9 @@ class AuditSink:
                 backoff = 0.05
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as exc:
+                if "NOGROUP" in str(exc):  # the stream was deleted (FLUSHDB): create it again
+                    self._prepared = False
                 log.exception("audit writer: round failed; retrying")
                 try:
                     await asyncio.wait_for(self._stopping.wait(), timeout=backoff)
