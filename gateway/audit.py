@@ -73,6 +73,58 @@ def decode(raw: bytes | str) -> dict[str, Any]:
     return value
 
 
+# Quota statuses of store/lua/quota.lua -> the deny reason the pipeline gives for them.
+_QUOTA_DENIALS = {
+    1: ("hourly_budget_exceeded", "Hourly budget of {limit} actions exhausted.", "hour"),
+    2: ("budget_exceeded", "Daily budget of {limit} actions exhausted.", "day"),
+    3: ("override_token_already_used", "The override token was already used.", None),
+}
+
+
+def finalize(event: dict[str, Any], fields: dict[Any, Any]) -> dict[str, Any]:
+    """A decision event XADDed by the quota script carries the outcome that holds if the quota
+    admits it, plus the script's status ``q``: a non-zero status turns it into that denial."""
+    raw = fields.get(b"q", fields.get("q"))
+    if raw is None:
+        return event
+    status = int(raw)
+    if status == 0 or status not in _QUOTA_DENIALS:
+        return event
+    code, message, window = _QUOTA_DENIALS[status]
+    limits = (event.get("details") or {}).get("limits") or {}
+    limit = limits.get(window) if window else None
+    details: dict[str, Any] = {"capability": event.get("capability")}
+    if window:
+        details.update({"limit": limit, "remaining": 0, "window": window})
+    out = dict(event)
+    out["decision"] = "deny"
+    out["reasons"] = [{"code": code, "message": message.format(limit=limit), "details": details}]
+    return out
+
+
+def request_id_of(request: Any) -> str | None:
+    state = getattr(request, "scope", {}).get("state", {})
+    rid = state.get("request_id") if isinstance(state, dict) else None
+    return rid if isinstance(rid, str) else None
+
+
+async def record_change(
+    request: Any, caller: Any, kind: str, *, org_id: str | None = None, details: dict[str, Any] | None = None,
+    **fields: Any,
+) -> None:
+    """One management change (manifest transition, approval decision, key, member, token...):
+    call it inside the change's transaction, before the commit, so that a change that cannot be
+    audited is not made (``ServiceUnavailable``)."""
+    org = org_id or getattr(caller, "org_id", None) or getattr(getattr(caller, "principal", None), "org_id", None)
+    sink = getattr(request.app.state, "audit", None)
+    if sink is None:
+        raise ServiceUnavailable("The audit trail is not running; nothing was done.")
+    await sink.record(build_event(
+        org_id=str(org), kind=kind, actor=actor_of(caller), request_id=request_id_of(request),
+        details=details, **fields,
+    ))
+
+
 def actor_of(who: Any) -> str | None:
     """``api_key:<id>`` or ``user:<email>`` from a Principal or Caller (httpkit.auth)."""
     principal = getattr(who, "principal", who)
@@ -454,7 +506,7 @@ class AuditSink:
                 continue
             raw = fields.get(FIELD.encode(), fields.get(FIELD))
             try:
-                events.append(decode(raw))
+                events.append(finalize(decode(raw), fields))
             except Exception:
                 log.error("audit: undecodable stream entry dropped", extra={"fields": {"id": str(entry_id)}})
         if events:
