@@ -98,3 +98,30 @@ async def test_writer_applies_the_quota_status_of_a_stream_entry(backend: str, s
         assert row.decision == "deny" and row.reasons[0]["code"] == "hourly_budget_exceeded"
         assert (await repo.verify_org(runtime.sessions, "o9", runtime.keys)).valid
         assert GROUP
+
+
+async def test_decision_recorder_records_exactly_once(settings_factory: Any) -> None:
+    """Redis mode: the event goes with the quota script's XADD (simulated here) and ``done``
+    adds nothing; a decision without a quota step, or the embedded mode: ``done`` records."""
+    from gateway.audit import STREAM, DecisionRecorder
+
+    async with running_sink(settings_factory()) as (runtime, sink):
+        d = _Decision()
+        rec = DecisionRecorder(sink, org_id="o5", kind="gateway.execute", req=_Req(), actor="api_key:k",
+                               request_id="r1", interaction_id="i1")
+        entry = rec.quota_entry(d)
+        if sink.redis_mode:
+            assert entry is not None
+            await sink._writer_redis.xadd(STREAM, {FIELD: entry, "q": "0"})  # what quota.lua does
+        else:
+            assert entry is None
+        await rec.done(d)
+        # A deny before the quota step: no entry, ``done`` records it.
+        deny = _Decision(decision="deny", reasons=[_Reason("capability_not_granted", "no")])
+        rec2 = DecisionRecorder(sink, org_id="o5", kind="gateway.evaluate", req=_Req(), actor="api_key:k",
+                                request_id="r2", interaction_id="i2")
+        await rec2.done(deny)
+        await sink.flush()
+        stored = await rows(runtime, "o5")
+        assert [(r.request_id, r.decision, r.interaction_id) for r in stored] == [("r1", "allow", "i1"), ("r2", "deny", "i2")]
+        assert stored[0].event_id == rec.event_id
