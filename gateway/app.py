@@ -12,11 +12,12 @@ from store.runtime import Runtime
 
 
 def gateway_routes(settings: Settings | None = None) -> list[Any]:
-    """The gateway's route handlers. ``settings`` sets the decision endpoints' body cap
-    (default 64 KiB; a smaller configured cap is also enforced inside the handlers)."""
+    """The gateway's route handlers. ``settings`` sets the decision endpoints' body cap; the
+    handlers also enforce ``Settings.gateway_max_body`` of the running app themselves."""
     from gateway import approval_routes, routes, token_routes
 
-    max_body = settings.gateway_max_body if settings is not None else Settings.gateway_max_body
+    # Without settings the caller's enclosing router sets the cap (bastion/app.py does).
+    max_body = settings.gateway_max_body if settings is not None else None
     return [routes.router(max_body), *approval_routes.ROUTES, *token_routes.ROUTES]
 
 
@@ -25,14 +26,16 @@ def gateway_hooks() -> tuple[list[Any], list[Any]]:
     from gateway.audit import start_audit, stop_audit  # first up, last down: decisions record into it
     from gateway.token_routes import start_tokens, stop_tokens
 
-    return [start_audit, start_decisions, start_tokens], [stop_audit, stop_tokens, stop_decisions]
+    # Tokens first: the decision pipeline uses their verifier (claims cache + revocations).
+    return [start_audit, start_tokens, start_decisions], [stop_audit, stop_decisions, stop_tokens]
 
 
 async def start_decisions(app: Litestar) -> None:
     """The decision state (lazy per-org snapshots, change listener, version poll) and quotas."""
     from gateway.service import Gateway
 
-    gateway = Gateway(app.state.runtime)
+    tokens = getattr(app.state, "tokens", None)
+    gateway = Gateway(app.state.runtime, cap_verifier=getattr(tokens, "verifier", None))
     app.state.gateway = gateway
     await gateway.start()
 

@@ -7,6 +7,9 @@ Checks, in order (deny beats escalate beats allow):
 
 1. ``manifest``: the uapk_id has an active manifest in the caller's org (and the caller's key
    may act as it) — else deny ``manifest_not_found`` / ``manifest_not_active``.
+   ``capability_token``: a capability token, when sent, must be valid, unrevoked, for this
+   agent and the active manifest version, and include the capability (it only narrows);
+   a manifest with ``require_capability_token`` denies ``capability_token_required`` without one.
 2. ``capability``: the capability is granted by an approved pattern and no deny rule matches
    — else deny ``capability_not_granted``.
 3. ``human_approval``: a capability matching ``require_human_approval`` escalates
@@ -45,7 +48,9 @@ BUDGET_EXCEEDED = "budget_exceeded"
 OVERRIDE_TOKEN_ALREADY_USED = "override_token_already_used"
 ALL_CHECKS_PASSED = "all_checks_passed"
 OVERRIDE_TOKEN_ACCEPTED = "override_token_accepted"
+CAPABILITY_TOKEN_REQUIRED = "capability_token_required"
 
+CHECKS = ("manifest", "capability_token", "capability", "human_approval", "quota")
 OverrideChecker = Callable[..., Any]  # gateway.overrides.check_override bound to keys+settings
 
 
@@ -116,10 +121,13 @@ class Pipeline:
         quotas: QuotaBackend,
         check_override: OverrideChecker | None = None,
         clock: Callable[[], float] = time.time,
+        cap_verifier: Any = None,
     ):
         self.quotas = quotas
         self.check_override = check_override
         self.clock = clock
+        # gateway.captokens.CapabilityVerifier (in-memory: cached claims + revocation set).
+        self.cap_verifier = cap_verifier
 
     async def decide(
         self,
@@ -149,6 +157,15 @@ class Pipeline:
                 {"uapk_id": req.uapk_id, "status": agent.status}), rule=f"status:{agent.status}")
         d.trace.append(Step("manifest", "pass", f"active manifest {agent.manifest_version or ''}".strip(),
                             f"manifest:{agent.manifest_hash}"))
+
+        # 1b. capability token (only narrows: the manifest must still grant the capability)
+        problem = self._capability_token(req, org.org_id, agent, cap, now)
+        if problem is not None:
+            return self._deny(d, "capability_token", problem[0], rule=problem[1])
+        if req.capability_token:
+            d.trace.append(Step("capability_token", "pass", "token valid and includes the capability"))
+        else:
+            d.trace.append(Step("capability_token", "skip", "no token sent (none required)"))
 
         # 2. capability
         grant = agent.grant(cap)
@@ -226,6 +243,30 @@ class Pipeline:
             d.reasons = [Reason(ALL_CHECKS_PASSED, "All checks passed.", {})]
         return d
 
+    def _capability_token(
+        self, req: GatewayActionRequest, org_id: str, agent: AgentPolicy, cap: str, now: float
+    ) -> tuple[Reason, str | None] | None:
+        if not req.capability_token:
+            if agent.require_capability_token:
+                return Reason(CAPABILITY_TOKEN_REQUIRED, "This agent's manifest requires a capability token.",
+                              {"capability": cap}), "require_capability_token"
+            return None
+        if self.cap_verifier is None:
+            return Reason("capability_token_invalid", "Capability tokens are not accepted here.", {}), None
+        from gateway.captokens import TokenProblem, check_action
+
+        claims = self.cap_verifier.verify(req.capability_token, now)
+        if isinstance(claims, TokenProblem):
+            return Reason(claims.code, claims.message, dict(claims.details)), None
+        bad = check_action(
+            claims, org_id=org_id, uapk_id=req.uapk_id, agent_id=req.agent_id,
+            manifest_hash=agent.manifest_hash or "", capability=cap,
+            amount=req.action.amount, currency=req.action.currency,
+        )
+        if bad is not None:
+            return Reason(bad.code, bad.message, dict(bad.details)), f"token:{claims.jti}"
+        return None
+
     def _verify_override(self, req: GatewayActionRequest, org_id: str, cap: str, now: float) -> Any:
         if self.check_override is None:
             from gateway.overrides import OverrideRejected
@@ -248,7 +289,7 @@ class Pipeline:
         d.reasons = [reason]
         d.trace.append(Step(check, "fail", reason.message, rule))
         done = {s.check for s in d.trace}
-        for later in ("manifest", "capability", "human_approval", "quota"):
+        for later in CHECKS:
             if later not in done:
                 d.trace.append(Step(later, "skip", "not evaluated: an earlier check denied"))
         return d

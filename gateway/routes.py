@@ -80,13 +80,15 @@ async def execute(request: Request[Any, Any, Any]) -> Response[Any]:
     return Response(body, status_code=200, media_type=MediaType.JSON, headers=ratelimit_headers(decision))
 
 
-def router(max_body: int = Settings.gateway_max_body) -> Router:
-    """Fresh handler objects per app (Litestar resolves the body cap per handler)."""
+def router(max_body: int | None = Settings.gateway_max_body) -> Router:
+    """Fresh handler objects per app (Litestar resolves the body cap per handler). ``None``
+    leaves the cap to the enclosing layer."""
+    extra: dict[str, Any] = {} if max_body is None else {"request_max_body_size": max_body}
     return Router(
         "/api/v1/gateway",
         route_handlers=[
             post("/evaluate", status_code=200, tags=["gateway"], summary="Dry-run decision with trace")(evaluate),
             post("/execute", status_code=200, tags=["gateway"], summary="Decide, spend quota, escalate")(execute),
         ],
-        request_max_body_size=max_body,
+        **extra,
     )

@@ -39,11 +39,18 @@ def _override_checker(runtime: Runtime) -> Any:
 
 
 class Gateway:
-    def __init__(self, runtime: Runtime, *, quotas: QuotaBackend | None = None, poll_interval: float = 2.0):
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        quotas: QuotaBackend | None = None,
+        poll_interval: float = 2.0,
+        cap_verifier: Any = None,
+    ):
         self.runtime = runtime
         self.state = GatewayState(runtime, poll_interval=poll_interval)
         self.quotas = quotas or make_quota_backend(runtime)
-        self.pipeline = Pipeline(self.quotas, _override_checker(runtime))
+        self.pipeline = Pipeline(self.quotas, _override_checker(runtime), cap_verifier=cap_verifier)
         self._background: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:

@@ -52,6 +52,7 @@ def source_from_rows(rows: gateway_state.OrgRows) -> OrgPolicySource:
                 manifest_hash=r.manifest_hash,
                 version=r.version,
                 created_at=r.created_at.timestamp() if r.created_at else 0.0,
+                require_capability_token=c.get("require_capability_token") is True,
             )
         )
     # Org deny rules arrive with the policy-authoring issue; the compiled index already takes them.

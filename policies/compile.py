@@ -54,6 +54,7 @@ class ManifestSnapshot:
     manifest_hash: str = ""
     version: str = ""
     created_at: float = 0.0  # epoch seconds; orders versions of one uapk
+    require_capability_token: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +125,7 @@ class AgentPolicy:
     human: PatternSet = _EMPTY
     max_actions_per_hour: int = 0
     max_actions_per_day: int = 0
+    require_capability_token: bool = False
 
     @property
     def active(self) -> bool:
@@ -250,8 +252,9 @@ def compile_org(source: OrgPolicySource, *, default_per_hour: int, default_per_d
             human=human.get(sub, _EMPTY) if active else _EMPTY,
             max_actions_per_hour=hour,
             max_actions_per_day=day,
+            require_capability_token=bool(m.require_capability_token),
         )
-        quota_doc.append([uapk_id, m.status, m.manifest_hash, hour, day])
+        quota_doc.append([uapk_id, m.status, m.manifest_hash, hour, day, bool(m.require_capability_token)])
     digest = hashlib.sha256(
         json.dumps([lines, lines2, quota_doc], separators=(",", ":")).encode()
     ).hexdigest()[:12]

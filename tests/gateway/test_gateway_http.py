@@ -43,9 +43,9 @@ async def test_allow_response_shape(client: Any, org: Org) -> None:
     assert isinstance(out["policy_version"], str) and out["policy_version"]
     ev = await decide(client, key, action(), EVAL)
     assert ev["decision"] == "allow"
-    assert [s["check"] for s in ev["trace"]] == ["manifest", "capability", "human_approval", "quota"]
-    assert all(s["result"] == "pass" for s in ev["trace"])
-    assert ev["trace"][1]["rule"] == "allow:email:send"
+    assert [s["check"] for s in ev["trace"]] == ["manifest", "capability_token", "capability", "human_approval", "quota"]
+    assert [s["result"] for s in ev["trace"]] == ["pass", "skip", "pass", "pass", "pass"]
+    assert ev["trace"][2]["rule"] == "allow:email:send"
     assert "executed" not in ev
 
 
@@ -72,7 +72,7 @@ async def test_manifest_not_found_and_not_active(client: Any, org: Org) -> None:
         assert out["reasons"][0]["code"] == "manifest_not_active", status
         assert out["reasons"][0]["details"]["status"] == status
     ev = await decide(client, key, action("bot-pending"), EVAL)
-    assert [s["result"] for s in ev["trace"]] == ["fail", "skip", "skip", "skip"]
+    assert [s["result"] for s in ev["trace"]] == ["fail", "skip", "skip", "skip", "skip"]
 
 
 async def test_capability_not_granted_and_wildcards(client: Any, org: Org) -> None:
@@ -96,7 +96,7 @@ async def test_capability_not_granted_and_wildcards(client: Any, org: Org) -> No
             assert out["reasons"][0]["code"] == "capability_not_granted"
             assert out["reasons"][0]["details"]["capability"] == f"{tool}:{typ}"
     ev = await decide(client, key, action(tool="crm", type="delete"), EVAL)
-    assert ev["trace"][1]["rule"] == "allow:crm:*"
+    assert ev["trace"][2]["rule"] == "allow:crm:*"
     # action.capability wins over tool:type
     out = await decide(client, key, action(tool="whatever", type="x", capability="crm:update"), EVAL)
     assert out["decision"] == "allow"
@@ -116,7 +116,7 @@ async def test_requires_human_approval_escalates_and_creates_approval(client: An
     ev = await decide(client, key, action(tool="crm", type="delete"), EVAL)
     assert ev["decision"] == "escalate" and ev["approval_id"] is None
     assert ev["reasons"][0]["code"] == "requires_human_approval"
-    assert ev["trace"][2] == {"check": "human_approval", "result": "escalate",
+    assert ev["trace"][3] == {"check": "human_approval", "result": "escalate",
                               "detail": "a human must approve this action",
                               "rule": "require_human_approval:crm:delete"}
     async with rt(client).sessions() as s:
@@ -386,3 +386,52 @@ async def test_concurrent_executes_via_http_admit_exactly_the_limit(client: Any,
     for _ in range(4):
         results += await asyncio.gather(*(one() for _ in range(50)))
     assert results.count("allow") == 25 and results.count("deny") == 175
+
+
+# --- capability tokens (issued by the capability-token endpoints, checked here) ---------------
+async def _cap_token(client: Any, key: str, caps: list[str], **kw: Any) -> dict[str, Any]:
+    body = {"uapk_id": "support-bot", "agent_id": "agent-1", "capabilities": caps, **kw}
+    r = await client.post("/api/v1/gateway/tokens", json=body, headers={"X-API-Key": key})
+    assert r.status_code == 201, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+async def test_capability_token_narrows_and_is_checked(client: Any, org: Org) -> None:
+    runtime = rt(client)
+    mid = await add_manifest(runtime, org.org_id, "support-bot", approved=["crm:*", "email:send"])
+    key = await agent_key(client, org)
+    tok = (await _cap_token(client, key, ["crm:read"]))["token"]
+    out = await decide(client, key, action(tool="crm", type="read", capability_token=tok), EVAL)
+    assert out["decision"] == "allow"
+    assert out["trace"][1] == {"check": "capability_token", "result": "pass",
+                               "detail": "token valid and includes the capability"}
+    out = await decide(client, key, action(tool="crm", type="delete", capability_token=tok))
+    assert out["decision"] == "deny" and out["reasons"][0]["code"] == "capability_not_in_token"
+    other = await decide(client, key, {**action(tool="crm", type="read", capability_token=tok), "agent_id": "x"})
+    assert other["reasons"][0]["code"] == "token_agent_mismatch"
+    bad = await decide(client, key, action(tool="crm", type="read", capability_token=tok[:-4] + "AAAA"))
+    assert bad["reasons"][0]["code"] == "capability_token_invalid"
+    # the token dies with its manifest version
+    await set_status(runtime, org.org_id, mid, "suspended")
+    out = await decide(client, key, action(tool="crm", type="read", capability_token=tok))
+    assert out["reasons"][0]["code"] == "manifest_not_active"
+
+
+async def test_require_capability_token(client: Any, org: Org) -> None:
+    from sqlalchemy import update
+
+    from store.models import Manifest
+
+    runtime = rt(client)
+    mid = await add_manifest(runtime, org.org_id, "support-bot", approved=["crm:*"])
+    async with runtime.sessions() as s, s.begin():
+        m = await s.get(Manifest, mid)
+        doc = dict(m.document)
+        doc["constraints"] = {**doc["constraints"], "require_capability_token": True}
+        await s.execute(update(Manifest).where(Manifest.id == mid).values(document=doc))
+    await set_status(runtime, org.org_id, mid, "active")
+    key = await agent_key(client, org)
+    out = await decide(client, key, action(tool="crm", type="read"))
+    assert out["decision"] == "deny" and out["reasons"][0]["code"] == "capability_token_required"
+    tok = (await _cap_token(client, key, ["crm:read"]))["token"]
+    assert (await decide(client, key, action(tool="crm", type="read", capability_token=tok)))["decision"] == "allow"

@@ -61,6 +61,7 @@ async def env(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[t
         from store.runtime import make_redis
 
         redis = make_redis(request.getfixturevalue("redis_url"))
+        redis.connection_pool.connection_kwargs.update(socket_timeout=5, socket_connect_timeout=5)  # busy machine
         quotas = RedisQuotas(redis, test_clock=clock)
     yield Pipeline(quotas, checker, clock), clock, (keys, settings)
     if redis is not None:
@@ -85,8 +86,9 @@ async def test_decision_order_and_codes(env: Any) -> None:
     d = await p.decide(request(), o, spend=True)
     assert codes(d) == ["hourly_budget_exceeded"]
     assert [(s.check, s.result) for s in d.trace] == [
-        ("manifest", "pass"), ("capability", "pass"), ("human_approval", "pass"), ("quota", "fail")]
-    assert d.trace[3].rule == "max_actions_per_hour:1"
+        ("manifest", "pass"), ("capability_token", "skip"), ("capability", "pass"), ("human_approval", "pass"),
+        ("quota", "fail")]
+    assert d.trace[4].rule == "max_actions_per_hour:1"
     # deny beats escalate
     d = await p.decide(request(tool="crm", type="delete"), o, spend=True)
     assert d.decision == "deny" and codes(d) == ["hourly_budget_exceeded"]
@@ -97,7 +99,7 @@ async def test_deny_rule_beats_grant(env: Any) -> None:
     o = org(bot(approved=("crm:*",)), deny=(DenyRule("crm:delete"),))
     d = await p.decide(request(tool="crm", type="delete"), o, spend=False)
     assert codes(d) == ["capability_not_granted"] and d.reasons[0].details["rule"] == "deny:crm:delete"
-    assert d.trace[1].rule == "deny:crm:delete"
+    assert d.trace[2].rule == "deny:crm:delete"
     assert (await p.decide(request(tool="crm", type="read"), o, spend=False)).decision == "allow"
 
 
@@ -168,9 +170,9 @@ async def test_override_token_allows_once(env: Any) -> None:
 
 async def test_restricted_uapk_ids(env: Any) -> None:
     p, _, _ = env
-    o = org(bot("a"), bot("b"))
-    assert (await p.decide(request("a"), o, spend=False, allowed_uapk_ids=("a",))).decision == "allow"
-    d = await p.decide(request("b"), o, spend=False, allowed_uapk_ids=("a",))
+    o = org(bot("bot-a"), bot("bot-b"))
+    assert (await p.decide(request("bot-a"), o, spend=False, allowed_uapk_ids=("bot-a",))).decision == "allow"
+    d = await p.decide(request("bot-b"), o, spend=False, allowed_uapk_ids=("bot-a",))
     assert codes(d) == ["manifest_not_found"]
 
 
