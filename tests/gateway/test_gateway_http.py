@@ -435,3 +435,44 @@ async def test_require_capability_token(client: Any, org: Org) -> None:
     assert out["decision"] == "deny" and out["reasons"][0]["code"] == "capability_token_required"
     tok = (await _cap_token(client, key, ["crm:read"]))["token"]
     assert (await decide(client, key, action(tool="crm", type="read", capability_token=tok)))["decision"] == "allow"
+
+
+# --- with the Manifests API -------------------------------------------------------------------
+async def test_manifest_lifecycle_through_the_api_changes_decisions_at_once(client: Any, org: Org) -> None:
+    base = f"/api/v1/orgs/{org.org_id}/manifests"
+    h = org.headers
+
+    def doc(version: str, requested: list[str]) -> dict[str, Any]:
+        return {
+            "version": "1.0",
+            "agent": {"id": "support-bot", "name": "Support Bot", "version": version, "team": "support"},
+            "capabilities": {"requested": requested},
+            "constraints": {"max_actions_per_hour": 100, "max_actions_per_day": 500,
+                            "require_human_approval": ["crm:delete"]},
+        }
+
+    key = await agent_key(client, org)
+    r = await client.post(base, json=doc("1.0.0", ["email:send", "crm:*"]), headers=h)
+    assert r.status_code == 201, r.text
+    v1 = r.json()["manifest_id"]
+    # warm the org while the manifest is pending
+    assert (await decide(client, key, action()))["reasons"][0]["code"] == "manifest_not_active"
+    r = await client.post(f"{base}/{v1}/approve", json={"approved_capabilities": ["email:send", "crm:*"]}, headers=h)
+    assert r.status_code == 200, r.text
+    assert (await decide(client, key, action()))["decision"] == "allow"
+    assert (await decide(client, key, action(tool="crm", type="delete"), EVAL))["decision"] == "escalate"
+    assert (await client.post(f"{base}/{v1}/suspend", json={"reason": "x"}, headers=h)).status_code == 200
+    assert (await decide(client, key, action()))["reasons"][0]["code"] == "manifest_not_active"
+    assert (await client.post(f"{base}/{v1}/reactivate", json={}, headers=h)).status_code == 200
+    assert (await decide(client, key, action()))["decision"] == "allow"
+    # a new version supersedes the old one once approved
+    r = await client.post(base, json=doc("2.0.0", ["crm:read"]), headers=h)
+    assert r.status_code == 201, r.text
+    v2 = r.json()["manifest_id"]
+    assert (await decide(client, key, action()))["decision"] == "allow"  # v1 still active
+    assert (await client.post(f"{base}/{v2}/approve", json={}, headers=h)).status_code == 200
+    assert (await decide(client, key, action()))["reasons"][0]["code"] == "capability_not_granted"
+    assert (await decide(client, key, action(tool="crm", type="read")))["decision"] == "allow"
+    assert (await client.post(f"{base}/{v2}/revoke", json={"reason": "gone"}, headers=h)).status_code == 200
+    out = await decide(client, key, action(tool="crm", type="read"))
+    assert out["reasons"][0]["code"] == "manifest_not_active"
