@@ -14,11 +14,11 @@ from litestar import Controller, Request, get, post
 from litestar.status_codes import HTTP_200_OK
 
 from api.validation import Checker, has_control_chars
-from core.clock import utcnow
+from core.clock import isoformat, utcnow
 from core.errors import Conflict, NotFound, Unprocessable
 from gateway.approvals import wire
 from gateway.overrides import issue_override
-from httpkit.auth import admit
+from httpkit.auth import Caller, admit
 from httpkit.pagination import page_params
 from store import approvals as repo
 from store.models import Approval
@@ -109,6 +109,16 @@ async def _load(runtime: Runtime, org_id: str, approval_id: str) -> Approval:
     return approval
 
 
+async def _audit(request: Request[Any, Any, Any], caller: Caller, kind: str, approval: Approval, extra: dict[str, Any]) -> None:
+    from gateway.audit import record_change
+
+    details = {"approval_id": approval.id, **{k: v for k, v in extra.items() if v is not None}}
+    await record_change(
+        request, caller, kind, org_id=approval.org_id, uapk_id=approval.uapk_id, agent_id=approval.agent_id,
+        capability=approval.capability, interaction_id=approval.interaction_id, details=details,
+    )
+
+
 class ApprovalController(Controller):
     path = "/api/v1/orgs/{org_id:str}/approvals"
     tags = ["approvals"]
@@ -179,12 +189,18 @@ class ApprovalController(Controller):
                 "This action cannot be bound to an override token (its params are not representable "
                 "in canonical JSON); deny it instead."
             ) from None
+        override_expires_at = datetime.fromtimestamp(exp, timezone.utc)
         async with runtime.sessions() as session, session.begin():
             won = await repo.decide(
                 session, org_id, approval_id, to_status=repo.APPROVED, actor=caller.actor, now=now,
                 notes=body.notes, override_jti=jti, override_token=token,
-                override_expires_at=datetime.fromtimestamp(exp, timezone.utc),
+                override_expires_at=override_expires_at,
             )
+            if won:  # audited inside the transaction: a decision that cannot be audited is not made
+                await _audit(request, caller, "approval.approved", approval, {
+                    "notes": body.notes, "override_jti": jti,
+                    "override_expires_at": isoformat(override_expires_at),
+                })
         approval = await _load(runtime, org_id, approval_id)
         if not won:
             raise _not_pending(approval, utcnow())
@@ -212,6 +228,8 @@ class ApprovalController(Controller):
                 session, org_id, approval_id, to_status=repo.DENIED, actor=caller.actor, now=now,
                 notes=body.notes, reason=body.reason,
             )
+            if won:
+                await _audit(request, caller, "approval.denied", approval, {"notes": body.notes, "reason": body.reason})
         approval = await _load(runtime, org_id, approval_id)
         if not won:
             raise _not_pending(approval, utcnow())

@@ -354,3 +354,43 @@ async def test_action_that_cannot_be_canonicalised_cannot_be_approved(client: An
     assert (await client.get(f"{_base(org)}/{approval_id}", headers=org.headers)).json()["status"] == "PENDING"
     r = await client.post(f"{_base(org)}/{approval_id}/deny", json={"reason": "cannot be approved"}, headers=org.headers)
     assert r.status_code == 200 and r.json()["status"] == "DENIED"
+
+
+async def test_decisions_are_audited(client: Any, org: Org) -> None:
+    approved = await _escalate(client, org)
+    denied = await _escalate(client, org, agent_id="agent-2")
+    approver = {"X-API-Key": await make_key(client, org, "approver")}
+    r = await client.post(f"{_base(org)}/{approved}/approve", json={"notes": "fine"}, headers=approver)
+    jti = jwt.decode(r.json()["override_token"], options={"verify_signature": False})["jti"]
+    await client.post(f"{_base(org)}/{denied}/deny", json={"reason": "no"}, headers=approver)
+    # A refused (409) decision records nothing.
+    assert (await client.post(f"{_base(org)}/{denied}/approve", headers=approver)).status_code == 409
+    await client.app.state.audit.flush()
+    audit = f"/api/v1/orgs/{org.org_id}/audit/events"
+    events = (await client.get(audit, params={"kind": "approval.approved"}, headers=org.headers)).json()["items"]
+    assert len(events) == 1
+    e = events[0]
+    assert e["uapk_id"] == "refund-bot" and e["agent_id"] == "agent-1" and e["capability"] == "payments:refund"
+    assert e["actor"].startswith("api_key:") and e["details"]["approval_id"] == approved
+    assert e["details"]["override_jti"] == jti and e["details"]["notes"] == "fine"
+    assert r.json()["override_token"] not in str(e)  # the credential itself is never logged
+    events = (await client.get(audit, params={"kind": "approval.denied"}, headers=org.headers)).json()["items"]
+    assert len(events) == 1 and events[0]["details"] == {"approval_id": denied, "reason": "no"}
+
+
+async def test_a_decision_that_cannot_be_audited_is_not_made(client: Any, org: Org, monkeypatch: Any) -> None:
+    from core.errors import ServiceUnavailable
+
+    approval_id = await _escalate(client, org)
+
+    async def refuse(event: Any) -> None:
+        raise ServiceUnavailable("The audit trail is not accepting events; nothing was done.")
+
+    monkeypatch.setattr(client.app.state.audit, "record", refuse)
+    for verb in ("approve", "deny"):
+        r = await client.post(f"{_base(org)}/{approval_id}/{verb}", headers=org.headers)
+        assert_error(r, 503, "SERVICE_UNAVAILABLE")
+    monkeypatch.undo()
+    body = (await client.get(f"{_base(org)}/{approval_id}", headers=org.headers)).json()
+    assert body["status"] == "PENDING" and body["decided_by"] is None
+    assert (await client.post(f"{_base(org)}/{approval_id}/approve", headers=org.headers)).status_code == 200
