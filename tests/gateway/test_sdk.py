@@ -8,6 +8,7 @@ thread through the human API.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -237,3 +238,27 @@ def test_unchanged_sdk_against_a_real_server(server: Server) -> None:
     finally:
         client.close()
     assert server.proc.poll() is None, server.log.read_text()
+
+
+async def test_unchanged_async_sdk_retry_on_escalate(server: Server) -> None:
+    from uapk_gateway import AsyncUAPKGatewayClient
+
+    approver_key, agent_key = _setup_agent(server)
+    async with AsyncUAPKGatewayClient(base_url=server.base_url, api_key=agent_key, max_retries=0) as client:
+        human = Approver(server, approver_key, "approve", set())
+        human.start()
+        result = await client.execute_with_retry_on_escalate(
+            uapk_id=UAPK_ID, agent_id=AGENT_ID, action=REFUND, poll_interval=1, max_wait=60,
+        )
+        human.join(timeout=60)
+        assert human.error is None, human.error
+        assert result.decision == GatewayDecision.ALLOW
+        assert [r.code for r in result.reasons] == ["override_token_accepted"]
+        # The use is recorded off the response path: the poll stops showing the token soon after.
+        for _ in range(100):
+            status = await client.get_approval_status(human.decided["approval_id"])  # type: ignore[index]
+            assert status["status"] == "APPROVED"
+            if status["override_token"] is None:
+                break
+            await asyncio.sleep(0.1)
+        assert status["override_token"] is None
