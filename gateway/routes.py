@@ -8,15 +8,16 @@ including deny and escalate, are HTTP 200.
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
 import msgspec
 from litestar import MediaType, Request, Response, Router, post
 from litestar.exceptions import HTTPException
 
-from core.errors import AuthenticationRequired, FieldIssue, PermissionDenied, ValidationFailed
+from core.errors import AuthenticationRequired, FieldIssue, PermissionDenied, RateLimited, ValidationFailed
 from core.settings import Settings
-from gateway.schemas import GatewayActionRequest
+from gateway.schemas import EvaluateResponse, ExecuteResponse, GatewayActionRequest
 from gateway.service import Gateway, ratelimit_headers
 from httpkit.auth import Principal, authenticator
 
@@ -32,7 +33,28 @@ async def _principal(request: Request[Any, Any, Any]) -> Principal:
     request.scope.setdefault("state", {})["org_id"] = principal.org_id
     if principal.role not in GATEWAY_ROLES:
         raise PermissionDenied(f"Role '{principal.role}' may not call the gateway (agent, admin or owner).")
+    settings: Settings = request.app.state.settings
+    if settings.gateway_key_per_minute > 0:
+        await _key_ceiling(request, principal, settings.gateway_key_per_minute)
     return principal
+
+
+async def _key_ceiling(request: Request[Any, Any, Any], principal: Principal, per_minute: int) -> None:
+    """Opt-in (``BASTION_GATEWAY_KEY_PER_MINUTE``): a per-API-key ceiling on decision calls,
+    in the management API's rate-limit storage (one more round trip when enabled)."""
+    from limits import RateLimitItemPerMinute
+    from limits.aio.strategies import FixedWindowRateLimiter
+
+    state = request.app.state
+    limiter = getattr(state, "gateway_key_limiter", None)
+    if limiter is None:
+        limiter = state.gateway_key_limiter = FixedWindowRateLimiter(state.rate_limiter.storage)
+    item = RateLimitItemPerMinute(per_minute)
+    key = principal.key_id or ""
+    if not await limiter.hit(item, "gateway-key", key):
+        stats = await limiter.get_window_stats(item, "gateway-key", key)
+        retry = max(1, int(stats.reset_time - time.time() + 0.999))
+        raise RateLimited(f"More than {per_minute} gateway calls per minute for this API key.", retry)
 
 
 async def _body(request: Request[Any, Any, Any]) -> GatewayActionRequest:
@@ -64,14 +86,14 @@ def _gateway(request: Request[Any, Any, Any]) -> Gateway:
     return request.app.state.gateway  # type: ignore[no-any-return]
 
 
-async def evaluate(request: Request[Any, Any, Any]) -> Response[Any]:
+async def evaluate(request: Request[Any, Any, Any]) -> Response[EvaluateResponse]:
     principal = await _principal(request)
     req = await _body(request)
     body, decision = await _gateway(request).evaluate(principal.org_id or "", req, uapk_ids=principal.uapk_ids)
     return Response(body, status_code=200, media_type=MediaType.JSON, headers=ratelimit_headers(decision))
 
 
-async def execute(request: Request[Any, Any, Any]) -> Response[Any]:
+async def execute(request: Request[Any, Any, Any]) -> Response[ExecuteResponse]:
     principal = await _principal(request)
     req = await _body(request)
     body, decision = await _gateway(request).execute(

@@ -476,3 +476,21 @@ async def test_manifest_lifecycle_through_the_api_changes_decisions_at_once(clie
     assert (await client.post(f"{base}/{v2}/revoke", json={"reason": "gone"}, headers=h)).status_code == 200
     out = await decide(client, key, action(tool="crm", type="read"))
     assert out["reasons"][0]["code"] == "manifest_not_active"
+
+
+async def test_optional_per_key_ceiling(settings_factory: Any) -> None:
+    from bastion.app import create_app
+    from tests.conftest import bootstrap_org, serve_app
+
+    app = create_app(settings_factory(gateway_key_per_minute=3))
+    async with serve_app(app) as client:
+        org = await bootstrap_org(app)
+        await add_manifest(rt(client), org.org_id, "support-bot")
+        key = await agent_key(client, org)
+        other = await make_key(client, org, "agent", name="second-agent")
+        for _ in range(3):
+            assert (await decide(client, key, action(), EVAL))["decision"] == "allow"
+        r = await client.post(EXEC, json=action(), headers={"X-API-Key": key})
+        assert_error(r, 429, "RATE_LIMIT_EXCEEDED")
+        assert int(r.headers["retry-after"]) >= 1
+        assert (await decide(client, other, action()))["decision"] == "allow"  # per key
