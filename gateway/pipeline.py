@@ -212,19 +212,19 @@ class Pipeline:
         if q.status == OVERRIDE_USED:
             return self._deny(d, "quota", Reason(
                 OVERRIDE_TOKEN_ALREADY_USED, "The override token was already used.", {"capability": cap}),
-                rule="override:single-use", append=True)
+                rule="override:single-use")
         if q.status == DAY_EXHAUSTED:
             reset = q.day_reset
             return self._deny(d, "quota", Reason(
                 BUDGET_EXCEEDED, f"Daily budget of {day} actions exhausted.",
                 {"limit": day, "remaining": 0, "reset_at": _rfc3339(reset), "retry_after": q.retry_after(reset),
-                 "window": "day"}), rule=f"max_actions_per_day:{day}", append=True)
+                 "window": "day"}), rule=f"max_actions_per_day:{day}")
         if q.status == HOUR_EXHAUSTED:
             reset = q.hour_reset
             return self._deny(d, "quota", Reason(
                 HOURLY_BUDGET_EXCEEDED, f"Hourly budget of {hour} actions exhausted.",
                 {"limit": hour, "remaining": 0, "reset_at": _rfc3339(reset), "retry_after": q.retry_after(reset),
-                 "window": "hour"}), rule=f"max_actions_per_hour:{hour}", append=True)
+                 "window": "hour"}), rule=f"max_actions_per_hour:{hour}")
         d.trace.append(Step(
             "quota", "pass",
             f"hour {q.hour_used}/{hour}, day {q.day_used}/{day}" + (" (spent)" if q.spent else " (not spent)"),
@@ -284,7 +284,7 @@ class Pipeline:
         )
 
     @staticmethod
-    def _deny(d: Decision, check: str, reason: Reason, rule: str | None = None, append: bool = True) -> Decision:
+    def _deny(d: Decision, check: str, reason: Reason, rule: str | None = None) -> Decision:
         d.decision = "deny"
         d.reasons = [reason]
         d.trace.append(Step(check, "fail", reason.message, rule))
