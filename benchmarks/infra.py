@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -226,9 +227,63 @@ class PgDatabase:
         finally:
             await conn.close()
 
-    def create(self) -> None:
+    def create(self, log_statements: bool = True) -> None:
         asyncio.run(self._admin(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
         asyncio.run(self._admin(f'CREATE DATABASE "{self.name}"'))
+        if log_statements:
+            # Only sessions of this (throw-away) database log their statements, without bind
+            # parameters: how the harness counts SQL statements by kind (statement_counts).
+            try:
+                asyncio.run(self._admin(f'ALTER DATABASE "{self.name}" SET log_statement = \'all\''))
+                asyncio.run(self._admin(f'ALTER DATABASE "{self.name}" SET log_parameter_max_length = 0'))
+            except Exception:  # not a superuser: fall back to transaction counts
+                pass
+
+    # --- statement counting from the server log (when this process can read it) ----------
+    def log_path(self) -> Path | None:
+        env = os.environ.get("BENCH_PG_LOG")
+        candidates = [Path(env)] if env else sorted(Path("/var/log/postgresql").glob("postgresql-*-main.log"))
+        for path in candidates:
+            if path.is_file() and os.access(path, os.R_OK):
+                return path
+        return None
+
+    def log_offset(self) -> int | None:
+        path = self.log_path()
+        return path.stat().st_size if path else None
+
+    def statement_counts(self, start: int | None, end: int | None) -> dict[str, int] | None:
+        """Statements this database's sessions ran between two log offsets, by kind
+        ("SELECT org_state", "INSERT audit_events", "txn" for BEGIN/COMMIT/ROLLBACK...)."""
+        path = self.log_path()
+        if path is None or start is None or end is None:
+            return None
+        with open(path, "rb") as f:
+            f.seek(start)
+            chunk = f.read(max(0, end - start)).decode(errors="replace")
+        marker = f"@{self.name} LOG:  "
+        # A log entry starts with its timestamp; SQL spanning lines continues on the next ones.
+        entries: list[str] = []
+        for line in chunk.splitlines():
+            if _LOG_ENTRY.match(line) or not entries:
+                entries.append(line)
+            else:
+                entries[-1] += " " + line.strip()
+        counts: dict[str, int] = {}
+        for entry in entries:
+            i = entry.find(marker)
+            if i < 0:
+                continue
+            msg = entry[i + len(marker):]
+            if msg.startswith("statement: "):
+                sql = msg[len("statement: "):]
+            elif msg.startswith("execute "):
+                sql = msg.split(": ", 1)[1] if ": " in msg else ""
+            else:
+                continue
+            kind = statement_kind(sql)
+            counts[kind] = counts.get(kind, 0) + 1
+        return counts
 
     def drop(self) -> None:
         asyncio.run(self._admin(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
@@ -251,6 +306,21 @@ class PgDatabase:
                 await conn.close()
 
         return asyncio.run(q())
+
+
+_LOG_ENTRY = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
+_TABLE = re.compile(r"\b(?:FROM|INTO|UPDATE|JOIN)\s+\"?([A-Za-z_][A-Za-z0-9_]*)", re.IGNORECASE)
+
+
+def statement_kind(sql: str) -> str:
+    words = sql.strip().split(None, 1)
+    if not words:
+        return "other"
+    verb = words[0].upper().rstrip(";")
+    if verb in {"BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE", "START", "END"}:
+        return "txn"
+    m = _TABLE.search(sql)
+    return f"{verb} {m.group(1)}" if m else verb
 
 
 # --- load generator ------------------------------------------------------------------------

@@ -39,6 +39,10 @@ def _status(section: Any) -> str | None:
     return f"**{st}**: {reason}"
 
 
+def _pct(v: Any) -> str:
+    return "n/a" if v is None else f"{v * 100:.0f}%"
+
+
 def _errors(x: dict[str, Any]) -> str:
     wrong = x.get("unexpected_decisions") or 0
     return f"{x.get('errors')}" + (f" (+{wrong} unexpected decisions)" if wrong else "")
@@ -75,10 +79,19 @@ def explain(results: dict[str, Any], key: str) -> str:
         )
     if key == "throughput_vs_baseline":
         cpu = _get(runs, "ratio_cpu_per_request", "16")
+        b_cpu = _get(runs, "bastion", "16", "server_cpu_us_per_request")
+        a_cpu = _get(runs, "baseline", "16", "server_cpu_us_per_request")
+        bd = _get(results, "profile", "top", "breakdown") or {}
+        parts = ", ".join(f"{k} {v * 100:.0f}%" for k, v in bd.items() if k not in ("request (all of it)", "route handler"))
         return (
-            f"Per request the server spends {_f(cpu)}x the baseline's CPU (authentication, the decision, "
-            f"one Redis round trip, a larger JSON response, request-id/access-log middleware). "
-            f"The profile's top functions show where; shaving the middleware and response work closes it."
+            f"The server spends {_f(b_cpu, 0)} us of CPU per decision request against the baseline's {_f(a_cpu, 0)} us "
+            f"({_f(cpu)}x), so at best it reaches about 1/{_f(cpu, 1)} of the baseline's rate on the same core. "
+            f"By the profile ({parts}), the largest single cost is the Redis client (redis-py asyncio spends "
+            f"roughly 80-120 us of CPU per EVALSHA here, hiredis barely changes it), then the framework layers, "
+            f"the JSON access-log line and the response. What would close it: a leaner Redis path (a raw "
+            f"RESP connection per worker with pipelining of concurrent decisions, or batching quota spends), "
+            f"a cheaper access log (pre-built format, or sampling at high rates), and fewer middleware layers "
+            f"on the gateway routes (a plain ASGI route for /execute)."
         )
     if key == "inprocess_p50_us":
         return (
@@ -139,9 +152,10 @@ def render_summary(r: dict[str, Any]) -> str:
         if not _get(r, "hooks", "capability_tokens_in_mix"):
             add("Requests carrying capability tokens: **not yet measured** (the pipeline does not take them yet).")
         add("")
-        add("| workers | conns | server | req/s | p50 ms | p90 ms | p99 ms | max ms | errors | CPU us/req | ratio |")
-        add("|---|---|---|---|---|---|---|---|---|---|---|")
         for w, runs in (_get(r, "http", "runs") or {}).items():
+            add("")
+            add("| workers | conns | server | req/s | p50 ms | p90 ms | p99 ms | max ms | errors | CPU us/req | CPU busy | ratio |")
+            add("|---|---|---|---|---|---|---|---|---|---|---|---|")
             for c in sorted((runs.get("bastion") or {}).keys() | (runs.get("baseline") or {}).keys(), key=int):
                 for name in ("baseline", "bastion"):
                     x = _get(runs, name, c)
@@ -151,7 +165,14 @@ def render_summary(r: dict[str, Any]) -> str:
                     ratio = _get(runs, "ratio_rps", c) if name == "bastion" else None
                     add(f"| {w} | {c} | {name} | {_f(x.get('rps'), 0)} | {_f(lat.get('p50'))} | {_f(lat.get('p90'))} | "
                         f"{_f(lat.get('p99'))} | {_f(lat.get('max'))} | {_errors(x)} | "
-                        f"{_f(x.get('server_cpu_us_per_request'), 0)} | {_f(ratio) if ratio is not None else ''} |")
+                        f"{_f(x.get('server_cpu_us_per_request'), 0)} | {_pct(x.get('server_cpu_utilisation'))} | "
+                        f"{_f(ratio) if ratio is not None else ''} |")
+            cpu_ratio = runs.get("ratio_cpu_per_request") or {}
+            if cpu_ratio:
+                add("")
+                add(f"{w} worker(s): server CPU per request, Bastion / baseline: "
+                    + ", ".join(f"{_f(v)}x at {c} conns" for c, v in cpu_ratio.items())
+                    + " (robust to other load on the machine, unlike req/s).")
             if runs.get("note"):
                 add("")
                 add(f"Note ({w} workers): {runs['note']}.")
@@ -206,8 +227,21 @@ def render_summary(r: dict[str, Any]) -> str:
                 f"{_f(c.get('redis_commands_per_decision'), 3)} | {cmds} |")
         mx = rt.get("mix") or {}
         add("")
-        add(f"SQL transactions per decision over the whole mix: **{_f(mx.get('sql_transactions_per_decision'), 3)}** "
-            f"({mx.get('sql_transactions_raw')} raw in {mx.get('decisions')} decisions, before the idle correction).")
+        if "sql_statements_per_decision" in mx:
+            kinds = ", ".join(f"{k} {v:g}" for k, v in sorted((mx.get("sql_statements_net_by_kind") or {}).items()))
+            idle = _get(rt, "idle", "sql_statements") or {}
+            idle_kinds = ", ".join(f"{k} {v}" for k, v in sorted(idle.items()))
+            add(f"SQL statements per decision over the whole mix ({mx.get('decisions')} decisions, counted in the "
+                f"PostgreSQL log of the bench database, idle background subtracted): "
+                f"**{_f(mx.get('sql_statements_per_decision'), 4)}**"
+                + (f"; beyond the background: {kinds}" if kinds else "; nothing beyond the background")
+                + f". Background in the idle window: {idle_kinds or 'none'}. "
+                f"Transactions (pg_stat_database): {mx.get('sql_transactions_raw')} raw, "
+                f"{_f(mx.get('sql_transactions_per_decision'), 3)} per decision after the idle correction.")
+        else:
+            add(f"SQL transactions per decision over the whole mix: **{_f(mx.get('sql_transactions_per_decision'), 3)}** "
+                f"({mx.get('sql_transactions_raw')} raw in {mx.get('decisions')} decisions, before the idle correction; "
+                f"the PostgreSQL log was not readable, so statements were not counted).")
     add("")
     # 4. Profile.
     add("## 4. Profile (pyinstrument, 1 worker, 16 connections)")
@@ -218,10 +252,16 @@ def render_summary(r: dict[str, Any]) -> str:
         add(st)
     else:
         top = pr.get("top", {})
-        add(f"{top.get('samples')} samples over {top.get('duration_s')} s ({pr.get('requests')} requests at "
+        add(f"{top.get('samples')} samples over {top.get('duration_s')} s of {top.get('clock', 'wall time')} "
+            f"({pr.get('requests')} requests at "
             f"{_f(pr.get('rps_under_profiler'), 0)} req/s under the profiler). Full tree: `profile.txt` here, "
             f"`benchmarks/results/profile/profile.html` after a run.")
         add("")
+        bd = top.get("breakdown") or {}
+        if bd:
+            add("Where a decision request's time goes (share of the whole request, children included): "
+                + "; ".join(f"{k} {v * 100:.0f}%" for k, v in bd.items() if k != "request (all of it)") + ".")
+            add("")
         add("| top functions by own time | share |")
         add("|---|---|")
         for row in (top.get("by_self") or [])[:10]:
