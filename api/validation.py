@@ -8,9 +8,10 @@ import re
 
 from core.errors import FieldIssue, ValidationFailed
 
-EMAIL = re.compile(r"^[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9.\-]{1,253}\.[A-Za-z]{2,63}$", re.ASCII)
-SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$", re.ASCII)
-UAPK_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$", re.ASCII)
+# \A...\Z, not ^...$: "$" also matches before a trailing newline ("acme\n" would pass).
+EMAIL = re.compile(r"\A[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9.\-]{1,253}\.[A-Za-z]{2,63}\Z", re.ASCII)
+SLUG = re.compile(r"\A[a-z0-9][a-z0-9-]{1,62}\Z", re.ASCII)
+UAPK_ID = re.compile(r"\A[a-z0-9][a-z0-9-]{1,62}\Z", re.ASCII)
 
 
 def has_control_chars(value: str) -> bool:

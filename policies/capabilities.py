@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-SEGMENT = re.compile(r"^(?:[a-z0-9_-]+|\*)$", re.ASCII)
+SEGMENT = re.compile(r"\A(?:[a-z0-9_-]+|\*)\Z", re.ASCII)  # \Z: "$" would accept a trailing newline
 MAX_LEN = 128
 
 

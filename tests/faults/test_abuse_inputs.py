@@ -1,0 +1,239 @@
+"""Hostile request bodies against the in-process app (PostgreSQL + Redis): oversized bodies
+(413), deep nesting (400), huge arrays and strings (400 or 413), invalid UTF-8 (400),
+look-alike and zero-width characters in ids and capabilities (400), and bounded memory:
+no request costs more than about 100 times its size."""
+from __future__ import annotations
+
+import gc
+import json
+import tracemalloc
+from typing import Any
+
+import pytest
+
+from tests.conftest import Org, assert_error, make_key
+from tests.faults.helpers import manifest_doc
+from tests.gateway.factories import action, add_manifest
+
+GATEWAY = ["/api/v1/gateway/evaluate", "/api/v1/gateway/execute"]
+JSON = {"Content-Type": "application/json"}
+
+
+@pytest.fixture
+def backend() -> str:
+    return "postgres"  # the production backend; the abuse is the same on both
+
+
+@pytest.fixture
+async def agent(client: Any, org: Org) -> dict[str, Any]:
+    await add_manifest(client.app.state.runtime, org.org_id, "support-bot", approved=["email:send", "crm:read"])
+    key = await make_key(client, org, "agent", ["support-bot"])
+    return {"X-API-Key": key, **JSON}
+
+
+def _manifests(org: Org) -> str:
+    return f"/api/v1/orgs/{org.org_id}/manifests"
+
+
+def _nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+# --- size caps ------------------------------------------------------------------------------
+async def test_gateway_body_over_cap_is_413(client: Any, agent: dict[str, str]) -> None:
+    cap = client.app.state.settings.gateway_max_body
+    body = action(params={"blob": "x" * (cap + 1)})
+    for url in GATEWAY:
+        r = await client.post(url, content=json.dumps(body), headers=agent)
+        assert_error(r, 413, "PAYLOAD_TOO_LARGE")
+
+
+async def test_api_body_over_cap_is_413(client: Any, org: Org) -> None:
+    cap = client.app.state.settings.api_max_body
+    doc = manifest_doc("big-bot")
+    doc["metadata"] = {"blob": "x" * (cap + 1)}
+    r = await client.post(_manifests(org), content=json.dumps(doc), headers={**org.headers, **JSON})
+    assert_error(r, 413, "PAYLOAD_TOO_LARGE")
+
+
+async def test_chunked_body_over_cap_is_413(client: Any, agent: dict[str, str]) -> None:
+    """No Content-Length: the cap still applies while streaming."""
+    cap = client.app.state.settings.gateway_max_body
+
+    async def chunks() -> Any:
+        for _ in range(cap // 4096 + 4):
+            yield b"x" * 4096
+
+    r = await client.post(GATEWAY[1], content=chunks(), headers=agent)
+    assert_error(r, 413, "PAYLOAD_TOO_LARGE")
+
+
+# --- nesting, huge arrays and strings ------------------------------------------------------------
+async def test_gateway_deep_nesting_is_400(client: Any, agent: dict[str, str]) -> None:
+    depth = 20_000  # 40 KB: under the gateway's cap
+    raw = '{"uapk_id":"support-bot","agent_id":"a","action":{"type":"send","tool":"email","params":{"x":' + _nested(depth) + "}}}"
+    for url in GATEWAY:
+        r = await client.post(url, content=raw, headers=agent)
+        assert_error(r, 400, "VALIDATION_ERROR")
+
+
+async def test_api_deep_nesting_is_400(client: Any, org: Org) -> None:
+    doc = json.dumps(manifest_doc("deep-bot"))
+    raw = doc[:-1] + ',"metadata":{"x":' + _nested(200_000) + "}}"
+    r = await client.post(_manifests(org), content=raw, headers={**org.headers, **JSON})
+    assert_error(r, 400, "VALIDATION_ERROR")
+
+
+async def test_huge_array_and_strings_are_rejected(client: Any, org: Org, agent: dict[str, str]) -> None:
+    doc = manifest_doc("huge-bot")
+    doc["capabilities"]["requested"] = [f"svc{i}:read" for i in range(60_000)]
+    r = await client.post(_manifests(org), content=json.dumps(doc), headers={**org.headers, **JSON})
+    assert r.status_code in (400, 413), r.text
+    assert_error(r, r.status_code, "VALIDATION_ERROR" if r.status_code == 400 else "PAYLOAD_TOO_LARGE")
+
+    doc = manifest_doc("huge-bot")
+    doc["agent"]["name"] = "n" * 500_000
+    r = await client.post(_manifests(org), content=json.dumps(doc), headers={**org.headers, **JSON})
+    assert_error(r, 400, "VALIDATION_ERROR")
+
+    for field in ("uapk_id", "agent_id"):
+        r = await client.post(GATEWAY[1], content=json.dumps({**action(), field: "a" * 50_000}), headers=agent)
+        assert_error(r, 400, "VALIDATION_ERROR")
+    r = await client.post(GATEWAY[1], content=json.dumps(action(tool="t" * 50_000)), headers=agent)
+    assert_error(r, 400, "VALIDATION_ERROR")
+
+
+# --- encodings and look-alikes -------------------------------------------------------------
+INVALID_UTF8 = [b'{"uapk_id":"support-bot\xff\xfe"}', b"\xc3\x28", b'{"a":"\xed\xa0\x80"}']
+
+LOOKALIKES = [
+    "support\u200bbot",  # zero-width space
+    "support-bot\u200d",  # zero-width joiner
+    "\ufeffsupport-bot",  # BOM
+    "\u0455upport-bot",  # Cyrillic dze for "s"
+    "support\u2010bot",  # Unicode hyphen
+    "support-b\u043et",  # Cyrillic o
+    "SUPPORT-BOT",  # case look-alike
+    "support-bot\u0000",
+    "support-bot\n",
+]
+LOOKALIKE_CAPS = ["email:s\u0435nd", "email:send\u200b", "\u0435mail:send", "email\uff1asend", "Email:send", "email:send\n"]
+
+
+async def test_invalid_utf8_is_400(client: Any, org: Org, agent: dict[str, str]) -> None:
+    for raw in INVALID_UTF8:
+        r = await client.post(GATEWAY[1], content=raw, headers=agent)
+        assert_error(r, 400, "VALIDATION_ERROR")
+        r = await client.post(_manifests(org), content=raw, headers={**org.headers, **JSON})
+        assert_error(r, 400, "VALIDATION_ERROR")
+
+
+async def test_lookalike_ids_are_400_in_manifests(client: Any, org: Org) -> None:
+    for uapk_id in LOOKALIKES:
+        r = await client.post(_manifests(org), json=manifest_doc(uapk_id), headers=org.headers)
+        assert_error(r, 400, "VALIDATION_ERROR")
+
+
+async def test_lookalike_capabilities_are_400(client: Any, org: Org, agent: dict[str, str]) -> None:
+    for cap in LOOKALIKE_CAPS:
+        doc = manifest_doc("cap-bot")
+        doc["capabilities"]["requested"] = ["email:send", cap]
+        r = await client.post(_manifests(org), json=doc, headers=org.headers)
+        assert_error(r, 400, "VALIDATION_ERROR")
+        tool, _, typ = cap.partition(":")
+        for body in (action(capability=cap), action(tool=tool, type=typ or "send")):
+            r = await client.post(GATEWAY[1], json=body, headers=agent)
+            assert_error(r, 400, "VALIDATION_ERROR")
+
+
+async def test_lookalike_uapk_ids_are_400_at_the_gateway(client: Any, agent: dict[str, str]) -> None:
+    """Regression (found by this suite): a look-alike of an agent's id was answered as "some
+    other agent that does not exist" (200 deny, the hostile string echoed in the reasons):
+    it is malformed input, refused before any decision."""
+    for uapk_id in LOOKALIKES:
+        for url in GATEWAY:
+            r = await client.post(url, json=action(uapk_id=uapk_id), headers=agent)
+            assert_error(r, 400, "VALIDATION_ERROR")
+            assert r.json()["details"][0]["field"] == "uapk_id"
+
+
+async def test_control_and_zero_width_agent_ids_are_400(client: Any, agent: dict[str, str]) -> None:
+    """Regression (found by this suite): agent ids with zero-width, newline or ANSI escape
+    characters were accepted (and stored in approvals)."""
+    for agent_id in ["agent\u200b1", "agent-1\n", "agent\x1b[31m1", "agent 1", "\u0430gent-1"]:
+        r = await client.post(GATEWAY[1], json=action(agent_id=agent_id), headers=agent)
+        assert_error(r, 400, "VALIDATION_ERROR")
+        assert r.json()["details"][0]["field"] == "agent_id"
+
+
+# --- memory ---------------------------------------------------------------------------------
+async def _peak_for(client: Any, method: str, url: str, raw: bytes, headers: dict[str, str]) -> tuple[int, int]:
+    gc.collect()
+    tracemalloc.reset_peak()
+    base, _ = tracemalloc.get_traced_memory()
+    r = await client.request(method, url, content=raw, headers=headers)
+    _, peak = tracemalloc.get_traced_memory()
+    return r.status_code, peak - base
+
+
+async def test_memory_per_request_is_bounded(client: Any, org: Org, agent: dict[str, str]) -> None:
+    """Large-but-allowed bodies: the peak extra memory of a request stays under 100 times its
+    size (no quadratic copies, no unbounded expansion)."""
+    cap_gw = client.app.state.settings.gateway_max_body
+    gw = action(params={f"k{i}": "v" * 100 for i in range((cap_gw - 2048) // 110)})
+    gw_raw = json.dumps(gw).encode()
+    assert len(gw_raw) < cap_gw
+    doc = manifest_doc("mem-bot")
+    doc["metadata"] = {f"k{i}": "v" * 200 for i in range(3000)}
+    api_raw = json.dumps(doc).encode()
+    cases = [
+        ("POST", GATEWAY[0], gw_raw, agent),
+        ("POST", GATEWAY[1], gw_raw, agent),
+        ("POST", _manifests(org) + "/validate", api_raw, {**org.headers, **JSON}),
+        ("POST", _manifests(org), api_raw, {**org.headers, **JSON}),
+    ]
+    # Warm up once (imports, caches, compiled state), then measure.
+    for method, url, raw, headers in cases:
+        await client.request(method, url, content=raw, headers=headers)
+    tracemalloc.start(1)
+    try:
+        report = {}
+        for method, url, raw, headers in cases:
+            status, peak = await _peak_for(client, method, url, raw, headers)
+            assert status < 500, (url, status)
+            report[url] = (len(raw), peak, round(peak / len(raw), 1))
+            assert peak < 100 * len(raw), report
+    finally:
+        tracemalloc.stop()
+    print("memory per request (bytes in, peak bytes, ratio):", report)
+
+
+async def test_trailing_newline_capability_is_400_even_under_a_wildcard_grant(client: Any, org: Org) -> None:
+    """Regression (found by this suite): the capability grammar was checked with ``^...$``,
+    and ``$`` matches before a trailing newline: ``email:send\\n`` passed as a concrete
+    capability, and ``email:*`` granted it (a log/trace-forging allow)."""
+    await add_manifest(client.app.state.runtime, org.org_id, "wild-bot", approved=["email:*"])
+    key = await make_key(client, org, "agent", ["wild-bot"])
+    headers = {"X-API-Key": key}
+    r = await client.post(GATEWAY[1], json=action(uapk_id="wild-bot", capability="email:send"), headers=headers)
+    assert r.status_code == 200 and r.json()["decision"] == "allow", r.text
+    for cap in ("email:send\n", "email:send\r\n", "email\n:send"):
+        r = await client.post(GATEWAY[1], json=action(uapk_id="wild-bot", capability=cap), headers=headers)
+        assert_error(r, 400, "VALIDATION_ERROR")
+    r = await client.post(GATEWAY[1], json=action(uapk_id="wild-bot", tool="email", type="send\n"), headers=headers)
+    assert_error(r, 400, "VALIDATION_ERROR")
+
+
+async def test_trailing_newline_in_slugs_and_key_restrictions_is_400(client: Any, org: Org) -> None:
+    """Regression (found by this suite): slugs and an API key's uapk_ids were matched with
+    ``^...$`` too, so ``acme-2\\n`` was a valid slug."""
+    r = await client.post("/api/v1/auth/login", json={"email": org.email, "password": org.password})
+    assert r.status_code == 200, r.text
+    session = {"Authorization": f"Bearer {r.json()['access_token']}"}
+    r = await client.post("/api/v1/orgs", json={"name": "Evil", "slug": "evil-org\n"}, headers=session)
+    assert_error(r, 400, "VALIDATION_ERROR")
+    r = await client.post("/api/v1/orgs", json={"name": "Fine", "slug": "fine-org"}, headers=session)
+    assert r.status_code == 201, r.text
+    r = await client.post(f"/api/v1/orgs/{org.org_id}/api-keys",
+                          json={"name": "k", "role": "agent", "uapk_ids": ["support-bot\n"]}, headers=org.headers)
+    assert_error(r, 400, "VALIDATION_ERROR")
