@@ -39,13 +39,18 @@ def _status(section: Any) -> str | None:
     return f"**{st}**: {reason}"
 
 
+def _load(v: Any) -> str:
+    return "n/a" if not v else "/".join(f"{x:.1f}" for x in v)
+
+
 def _pct(v: Any) -> str:
     return "n/a" if v is None else f"{v * 100:.0f}%"
 
 
 def _errors(x: dict[str, Any]) -> str:
     wrong = x.get("unexpected_decisions") or 0
-    return f"{x.get('errors')}" + (f" (+{wrong} unexpected decisions)" if wrong else "")
+    errors = x.get("errors_all_repetitions", x.get("errors"))
+    return f"{errors}" + (f" (+{wrong} unexpected decisions)" if wrong else "")
 
 
 def _verdict_cell(v: dict[str, Any]) -> str:
@@ -122,7 +127,8 @@ def render_summary(r: dict[str, Any]) -> str:
     add("")
     add(f"Machine: {m.get('nproc')} CPUs ({m.get('cpu_model')}), {m.get('memory_gib')} GiB, Python {m.get('python')}, "
         f"{m.get('platform')}. Server pinned to CPU {m.get('server_cpus')}, load generator (and the private Redis) "
-        f"to CPU {m.get('loadgen_cpus')}; PostgreSQL unpinned. Load average at start {m.get('load_average_at_start')}. "
+        f"to CPU {m.get('loadgen_cpus')}; PostgreSQL unpinned. Load average (1/5/15 min) at start "
+        f"{_load(m.get('load_average_at_start'))}, at end {_load(m.get('load_average_at_end'))}: other work on the machine. "
         f"Absolute numbers vary between machines: read the ratios.")
     add("")
     # Targets.
@@ -148,7 +154,11 @@ def render_summary(r: dict[str, Any]) -> str:
         mix_text = ", ".join(f"{k} {v * 100 // total}%" for k, v in mix.items())
         add(f"`POST /api/v1/gateway/execute` over HTTP/1.1 keep-alive, closed loop; mix: {mix_text}. "
             f"Baseline: `benchmarks/baseline_app.py` (one msgspec POST endpoint, same uvicorn settings). "
-            f"Ratio = Bastion req/s / baseline req/s; CPU/req = server CPU per request (all workers).")
+            f"Ratio = Bastion req/s / baseline req/s; CPU/req = server CPU per request (all workers); "
+            f"CPU busy = share of the server's CPU it used. Each point: "
+            + (f"{_get(r, 'config', 'smoke_requests')} requests (smoke)." if r.get("mode") == "smoke" else
+               f"{_get(r, 'config', 'warmup_s')} s warm-up, {_get(r, 'config', 'duration_s')} s measured, "
+               f"best of {_get(r, 'config', 'repeats')} by req/s."))
         if not _get(r, "hooks", "capability_tokens_in_mix"):
             add("Requests carrying capability tokens: **not yet measured** (the pipeline does not take them yet).")
         add("")
