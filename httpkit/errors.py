@@ -155,6 +155,14 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
         return error_response(
             request, "VALIDATION_ERROR", "Malformed request.", [ErrorDetail("body", "JSON nested too deeply.")], 400
         )
+    if _is_bad_data(exc):
+        # Input the database cannot store (a NUL character, a number out of range): the
+        # client's fault, never a 500.
+        return error_response(
+            request, "VALIDATION_ERROR", "Request body or query parameters failed validation.",
+            [ErrorDetail("body", "Contains a value that cannot be stored (e.g. a NUL character or an out-of-range number).")],
+            400,
+        )
     if _is_unavailable(exc):
         log.warning("dependency unavailable: %s", type(exc).__name__)
         return error_response(
@@ -165,6 +173,17 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
     return error_response(
         request, "INTERNAL_ERROR", "Unexpected server error. Include the request_id when reporting.", None, 500
     )
+
+
+def _is_bad_data(exc: Exception) -> bool:
+    """A database "data exception" (SQLSTATE class 22) raised by a value the request sent."""
+    from sqlalchemy.exc import DBAPIError
+
+    if not isinstance(exc, DBAPIError):
+        return False
+    orig = exc.orig
+    state = getattr(orig, "sqlstate", None) or getattr(getattr(orig, "__cause__", None), "sqlstate", None)
+    return isinstance(state, str) and state.startswith("22")
 
 
 def _is_unavailable(exc: Exception) -> bool:

@@ -78,3 +78,16 @@ def replicas(tmp_path_factory: pytest.TempPathFactory, module_pg_url: str) -> It
         finally:
             b.close()
             a.close()
+
+
+@pytest.fixture(scope="module")
+def module_server(tmp_path_factory: pytest.TempPathFactory, module_pg_url: str) -> Iterator[BastionServer]:
+    """One ``bastion serve`` (PostgreSQL + a private Redis) for a whole module."""
+    work = tmp_path_factory.mktemp("server")
+    with RedisServer(work / "redis") as redis:
+        server = BastionServer(work / "srv", database_url=module_pg_url, redis_url=redis.url())
+        try:
+            server.start()
+            yield server
+        finally:
+            server.close()

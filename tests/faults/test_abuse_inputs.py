@@ -237,3 +237,28 @@ async def test_trailing_newline_in_slugs_and_key_restrictions_is_400(client: Any
     r = await client.post(f"/api/v1/orgs/{org.org_id}/api-keys",
                           json={"name": "k", "role": "agent", "uapk_ids": ["support-bot\n"]}, headers=org.headers)
     assert_error(r, 400, "VALIDATION_ERROR")
+
+
+async def test_nul_characters_never_cause_a_500(client: Any, org: Org) -> None:
+    """Regression (found by this suite): a NUL character reaching PostgreSQL (which cannot
+    store it in text) was a 500; any such input is now a 400 (or handled earlier)."""
+    await add_manifest(client.app.state.runtime, org.org_id, "nul-bot", approved=["email:send", "stripe:refund"],
+                       require_human_approval=["stripe:refund"])
+    key = await make_key(client, org, "agent", ["nul-bot"])
+    r = await client.post("/api/v1/auth/login", json={"email": "x\u0000@acme.com", "password": "\u0000" * 8})
+    assert r.status_code in (400, 401), r.text
+    cases = [
+        ("POST", "/api/v1/auth/login", {"email": org.email, "password": "owner-pass\u0000"}, None),
+        ("POST", _manifests(org), {**manifest_doc("nul-meta-bot"), "metadata": {"k\u0000": "v\u0000"}}, org.headers),
+        ("POST", f"/api/v1/orgs/{org.org_id}/api-keys", {"name": "k\u0000", "role": "agent"}, org.headers),
+        ("GET", f"/api/v1/orgs/{org.org_id}/manifests/by-uapk/nul%00bot", None, org.headers),
+        ("GET", f"/api/v1/orgs/{org.org_id}/manifests?team=a%00b", None, org.headers),
+        ("GET", f"/api/v1/orgs/{org.org_id}/approvals?uapk_id=a%00b", None, org.headers),
+        ("POST", GATEWAY[1], action(uapk_id="nul-bot", tool="stripe", type="refund", params={"k\u0000": "v\u0000"},
+                                    counterparty={"name": "n\u0000"}), {"X-API-Key": key}),
+        ("POST", "/api/v1/gateway/tokens", {"uapk_id": "nul-bot", "agent_id": "a1", "capabilities": ["email:send"],
+                                            "constraints": {"k\u0000": 1}}, {"X-API-Key": key}),
+    ]
+    for method, url, body, headers in cases:
+        r = await client.request(method, url, json=body, headers=headers or {})
+        assert r.status_code < 500, (url, r.status_code, r.text)
