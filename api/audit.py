@@ -157,6 +157,7 @@ class AuditController(Controller):
     @get(
         "/export",
         summary="The chain as JSON Lines (header, signed checkpoints, events with hashes, end)",
+        media_type="application/x-ndjson",
         description="Verify offline with `bastion audit verify FILE --jwks URL_OR_FILE` (docs/audit.md).",
     )
     async def export(self, request: Request[Any, Any, Any], org_id: str) -> Stream:
