@@ -224,10 +224,13 @@ def render_summary(r: dict[str, Any]) -> str:
     if st:
         add(st)
     else:
-        add(f"Redis: INFO commandstats and total_reads_processed on {'a private redis-server' if rt.get('redis_private') else 'a shared Redis (other clients add noise)'}; "
-            f"PostgreSQL: xact_commit + xact_rollback of the bench database; both corrected by an idle window "
-            f"of {rt.get('idle_window_s')} s (background: {_f(_get(rt, 'idle', 'sql_transactions'))} SQL transactions, "
-            f"{_f(_get(rt, 'idle', 'redis', 'commands'))} Redis commands).")
+        add(f"Each class alone, {rt.get('decisions_per_class')} decisions on one connection. Redis: "
+            f"total_reads_processed (round trips) and INFO commandstats (commands, those run inside the quota "
+            f"script included) on {'a private redis-server' if rt.get('redis_private') else 'a shared Redis (other clients add noise)'}; "
+            f"PostgreSQL: the statements in the bench database's log, and xact_commit + xact_rollback. Both corrected "
+            f"by an idle window of {rt.get('idle_window_s')} s (background there: "
+            f"{_f(_get(rt, 'idle', 'sql_transactions'))} SQL transactions, {_f(_get(rt, 'idle', 'redis', 'commands'))} "
+            f"Redis commands: the gateway's 2 s version poll, the token revocation catch-up, the audit writer's reads).")
         add("")
         add("| class | decisions | Redis round trips | Redis commands (incl. inside Lua) | commands |")
         add("|---|---|---|---|---|")
