@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from tests.faults.helpers import setup_agent
 from tests.faults.procs import BastionServer, sized
 
-schemathesis = pytest.importorskip("schemathesis")
+import schemathesis  # noqa: E402
 from schemathesis import checks as st_checks  # noqa: E402
 from schemathesis.generation import GenerationMode  # noqa: E402
 
