@@ -33,6 +33,7 @@ from core.errors import FieldIssue, ValidationFailed
 from gateway.schemas import GatewayActionRequest
 from policies.capabilities import is_concrete
 from policies.compile import AgentPolicy, CompiledOrg
+from policies.rules import NO_OBJECTION, RuleContext, Verdict
 from store.quotas import DAY_EXHAUSTED, HOUR_EXHAUSTED, OVERRIDE_USED, OverrideMark, QuotaBackend, QuotaResult
 
 Outcome = Literal["allow", "deny", "escalate"]
@@ -49,6 +50,8 @@ OVERRIDE_TOKEN_ALREADY_USED = "override_token_already_used"
 ALL_CHECKS_PASSED = "all_checks_passed"
 OVERRIDE_TOKEN_ACCEPTED = "override_token_accepted"
 CAPABILITY_TOKEN_REQUIRED = "capability_token_required"
+POLICY_DENIED = "policy_denied"  # an org policy rule (effect deny) forbids it
+POLICY_CONDITIONS_NOT_MET = "policy_conditions_not_met"  # allow rules cover it, none's conditions hold
 
 CHECKS = ("manifest", "capability_token", "capability", "human_approval", "quota")
 OverrideChecker = Callable[..., Any]  # gateway.overrides.check_override bound to keys+settings
@@ -84,6 +87,7 @@ class Decision:
     quota: QuotaResult | None = None
     override: Any = None  # OverrideOk when a token allowed the action
     override_consumed: bool = False  # execute marked the token used
+    policy: Verdict | None = None  # what the org's policy rules said (policies/rules.py)
 
     @property
     def limits(self) -> tuple[int, int] | None:
@@ -177,12 +181,28 @@ class Pipeline:
             else:
                 msg = f"Capability '{cap}' is not granted to '{req.uapk_id}'."
             return self._deny(d, "capability", Reason(CAPABILITY_NOT_GRANTED, msg, detail), rule=grant.rule)
+        # 2b. org policy rules gate and narrow what the manifest granted (never widen)
+        verdict = d.policy = (org.rules.evaluate(req.uapk_id, agent.team, cap, RuleContext.of_request(req, now))
+                              if org.rules else NO_OBJECTION)
+        if verdict.effect in ("deny", "narrowed") and verdict.rule is not None:
+            rid = verdict.rule.id
+            if verdict.effect == "deny":
+                reason = Reason(POLICY_DENIED, f"Capability '{cap}' is denied by the policy rule '{rid}'.",
+                                {"capability": cap, "rule": rid})
+            else:
+                reason = Reason(POLICY_CONDITIONS_NOT_MET, f"Capability '{cap}' is allowed only under the conditions "
+                                f"of the policy rule '{rid}', which this action does not meet.",
+                                {"capability": cap, "rule": rid})
+            return self._deny(d, "capability", reason, rule=verdict.rule_ref)
         d.trace.append(Step("capability", "pass", f"'{cap}' granted", grant.rule))
 
         # 3. human approval
         escalate: Reason | None = None
         mark: OverrideMark | None = None
         human_rule = agent.needs_human(cap)
+        human_ref = f"require_human_approval:{human_rule}"
+        if human_rule is None and verdict.effect == "escalate" and verdict.rule is not None:
+            human_rule, human_ref = verdict.rule_ref, verdict.rule_ref  # an escalate policy rule
         if human_rule is None:
             d.trace.append(Step("human_approval", "pass", "not required"))
         elif req.override_token:
@@ -191,16 +211,14 @@ class Pipeline:
                 return self._deny(d, "human_approval", Reason(
                     str(getattr(verdict, "code", "override_token_invalid")),
                     str(getattr(verdict, "message", "The override token is not valid.")),
-                    {"capability": cap}), rule=f"require_human_approval:{human_rule}")
+                    {"capability": cap}), rule=human_ref)
             d.override = verdict
             mark = OverrideMark(verdict.jti, int(verdict.expires_at))
-            d.trace.append(Step("human_approval", "pass", "override token accepted",
-                                f"require_human_approval:{human_rule}"))
+            d.trace.append(Step("human_approval", "pass", "override token accepted", human_ref))
         else:
             escalate = Reason(REQUIRES_HUMAN_APPROVAL, f"Capability '{cap}' requires human approval.",
                               {"capability": cap, "rule": human_rule})
-            d.trace.append(Step("human_approval", "escalate", "a human must approve this action",
-                                f"require_human_approval:{human_rule}"))
+            d.trace.append(Step("human_approval", "escalate", "a human must approve this action", human_ref))
 
         # 4. quotas (one round trip; spends only an allowed execute)
         hour, day = agent.max_actions_per_hour, agent.max_actions_per_day

@@ -16,6 +16,7 @@ import msgspec
 
 from core.clock import isoformat
 from gateway.pipeline import Decision, Pipeline, required_capability
+from gateway.shadow import ShadowRecorder
 from gateway.schemas import EvaluateResponse, ExecuteResponse, GatewayActionRequest, ReasonOut, TraceOut
 from gateway.state import GatewayState
 from store.quotas import DAY_EXHAUSTED, HOUR_EXHAUSTED, MemoryQuotas, QuotaBackend, RedisQuotas
@@ -52,6 +53,7 @@ class Gateway:
         self.quotas = quotas or make_quota_backend(runtime)
         self.pipeline = Pipeline(self.quotas, _override_checker(runtime), cap_verifier=cap_verifier)
         self._background: set[asyncio.Task[Any]] = set()
+        self.shadow = ShadowRecorder(runtime)  # shadow policy diffs, written off the response path
 
     async def start(self) -> None:
         prepare = getattr(self.quotas, "prepare", None)
@@ -61,6 +63,7 @@ class Gateway:
 
     async def stop(self) -> None:
         await self.state.stop()
+        await self.shadow.close()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
 
@@ -69,9 +72,12 @@ class Gateway:
     ) -> Decision:
         capability = required_capability(req)  # 400 before any state is touched
         compiled = await self.state.get(org_id)
-        return await self.pipeline.decide(
+        d = await self.pipeline.decide(
             req, compiled, spend=spend, allowed_uapk_ids=uapk_ids, capability=capability
         )
+        if compiled.shadow is not None:  # in memory, no I/O: the live decision's quota result
+            await self.shadow.observe(self.pipeline, req, compiled, d, spend=spend, uapk_ids=uapk_ids)
+        return d
 
     async def evaluate(
         self, org_id: str, req: GatewayActionRequest, *, uapk_ids: tuple[str, ...] | None

@@ -21,7 +21,7 @@ from typing import Any
 
 from core.settings import Settings
 from policies.compile import CompiledOrg, ManifestSnapshot, OrgPolicySource, compile_org
-from store import gateway_state
+from store import gateway_state, policy_rules
 from store.runtime import Runtime
 
 log = logging.getLogger("bastion.gateway.state")
@@ -108,8 +108,9 @@ class GatewayState:
         self.loads += 1
         async with self.runtime.sessions() as session:
             rows = await gateway_state.load_org_rows(session, org_id)
+            rules = await policy_rules.load_gateway_rules(session, org_id)  # after the version: never newer-labelled
         return compile_org(
-            source_from_rows(rows),
+            policy_rules.with_rules(source_from_rows(rows), rules),
             default_per_hour=self.settings.default_max_actions_per_hour,
             default_per_day=self.settings.default_max_actions_per_day,
         )

@@ -28,6 +28,7 @@ from types import MappingProxyType
 from typing import Any, Iterable, Mapping
 
 from policies.capabilities import casbin_match, is_valid_pattern
+from policies.rules import EMPTY_INDEX, RuleIndex
 
 MODEL_PATH = Path(__file__).parent / "gateway_model.conf"
 ACTIVE = "active"
@@ -71,6 +72,8 @@ class OrgPolicySource:
     version: int
     manifests: tuple[ManifestSnapshot, ...] = ()
     deny_rules: tuple[DenyRule, ...] = ()
+    rules: RuleIndex = EMPTY_INDEX  # the org's live policy rules (policies/rules.py)
+    shadow_rules: RuleIndex | None = None  # a candidate set deployed as shadow
 
 
 # --- the compiled index --------------------------------------------------------------------
@@ -153,6 +156,8 @@ class CompiledOrg:
     lines: tuple[tuple[str, ...], ...] = ()  # p lines
     lines2: tuple[tuple[str, ...], ...] = ()  # p2 lines
     org_deny: PatternSet = field(default=_EMPTY)
+    rules: RuleIndex = EMPTY_INDEX  # policy rules: gate and narrow after the grant
+    shadow: "CompiledOrg | None" = None  # the same org with the shadow rules (evaluated, never enforced)
 
     def agent(self, uapk_id: str) -> AgentPolicy | None:
         return self.agents.get(uapk_id)
@@ -255,18 +260,25 @@ def compile_org(source: OrgPolicySource, *, default_per_hour: int, default_per_d
             require_capability_token=bool(m.require_capability_token),
         )
         quota_doc.append([uapk_id, m.status, m.manifest_hash, hour, day, bool(m.require_capability_token)])
-    digest = hashlib.sha256(
-        json.dumps([lines, lines2, quota_doc], separators=(",", ":")).encode()
-    ).hexdigest()[:12]
-    return CompiledOrg(
+    doc: list[Any] = [lines, lines2, quota_doc]
+    if source.rules:
+        doc.append(source.rules.digest)
+    digest = hashlib.sha256(json.dumps(doc, separators=(",", ":")).encode()).hexdigest()[:12]
+    # "<state version>.<hash>", plus ".r<n>" naming the org's policy rule version n (if any).
+    suffix = f".r{source.rules.version}" if source.rules.version else ""
+    common: dict[str, Any] = dict(
         org_id=source.org_id,
         version=source.version,
-        policy_version=f"{source.version}.{digest}",
         agents=MappingProxyType(agents),
         lines=tuple(lines),
         lines2=tuple(lines2),
         org_deny=org_deny,
     )
+    shadow = None
+    if source.shadow_rules is not None:
+        shadow = CompiledOrg(policy_version=f"{source.version}.shadow.s{source.shadow_rules.version}",
+                             rules=source.shadow_rules, **common)
+    return CompiledOrg(policy_version=f"{source.version}.{digest}{suffix}", rules=source.rules, shadow=shadow, **common)
 
 
 # --- pycasbin: explanations and the oracle --------------------------------------------------

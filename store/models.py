@@ -228,3 +228,59 @@ class AuditCheckpoint(Base):
     kid: Mapped[str] = mapped_column(String(64))
     token: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class PolicyRuleLine(Base):
+    """One Casbin line of an organization's policy rules (policies/rules_model.conf), in the
+    shape of Casbin's ``casbin_rule`` table: ``ptype`` and ``v0..v5``. ``ruleset`` is "live"
+    or "shadow". Read and written through store.policy_rules.SQLAlchemyRuleAdapter."""
+
+    __tablename__ = "policy_rules"
+    __table_args__ = (Index("ix_policy_rules_org_set", "org_id", "ruleset"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    org_id: Mapped[str] = mapped_column(String(36))
+    ruleset: Mapped[str] = mapped_column(String(16))
+    ptype: Mapped[str] = mapped_column(String(8))
+    v0: Mapped[str] = mapped_column(String(255), default="")
+    v1: Mapped[str] = mapped_column(String(255), default="")
+    v2: Mapped[str] = mapped_column(String(255), default="")
+    v3: Mapped[str] = mapped_column(Text, default="")
+    v4: Mapped[str] = mapped_column(String(255), default="")
+    v5: Mapped[str] = mapped_column(String(255), default="")
+
+
+class PolicyVersion(Base):
+    """Every change of an organization's live rules: the whole rule set, who, when, why.
+    ``kind`` "live" for versions, "shadow" for the deployed shadow candidate (one per org)."""
+
+    __tablename__ = "policy_versions"
+    __table_args__ = (UniqueConstraint("org_id", "kind", "version", name="uq_policy_versions_org_kind_version"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    org_id: Mapped[str] = mapped_column(String(36))
+    kind: Mapped[str] = mapped_column(String(16), default="live")
+    version: Mapped[int] = mapped_column(Integer)
+    rules: Mapped[list[Any]] = mapped_column(JSONType)
+    change: Mapped[str] = mapped_column(String(200))
+    author: Mapped[str] = mapped_column(String(300))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class PolicyShadowDiff(Base):
+    """A request on which the shadow rule set decided differently from the live one."""
+
+    __tablename__ = "policy_shadow_diffs"
+    __table_args__ = (Index("ix_policy_shadow_diffs_org", "org_id", "id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    org_id: Mapped[str] = mapped_column(String(36))
+    shadow_version: Mapped[int] = mapped_column(Integer)
+    mode: Mapped[str] = mapped_column(String(16))
+    uapk_id: Mapped[str] = mapped_column(String(63))
+    agent_id: Mapped[str] = mapped_column(String(200))
+    capability: Mapped[str] = mapped_column(String(200))
+    live_decision: Mapped[str] = mapped_column(String(16))
+    shadow_decision: Mapped[str] = mapped_column(String(16))
+    live_reasons: Mapped[list[Any]] = mapped_column(JSONType)
+    shadow_reasons: Mapped[list[Any]] = mapped_column(JSONType)
+    live_policy_version: Mapped[str] = mapped_column(String(80))
+    action: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())

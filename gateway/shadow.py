@@ -1,0 +1,142 @@
+"""Shadow policy: decide with the live rules, also evaluate a candidate set, record differences.
+
+The shadow decision re-runs the pipeline on the org's shadow snapshot (``CompiledOrg.shadow``:
+same manifests, the shadow rules) entirely in memory: the quota backend is replaced by the
+live decision's quota result (no second Redis round trip; when the live decision stopped
+before the quota check the shadow run assumes the quota passes), the clock by the live
+decision's time, and an override token the live run accepted is reused. Nothing is spent.
+
+Differences go into a bounded in-memory buffer (oldest dropped when full, counted in
+``dropped``) that a background task writes to SQL (``policy_shadow_diffs``) off the response
+path.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from typing import Any
+
+import msgspec
+
+from core.clock import utcnow
+from gateway.pipeline import Decision, Pipeline
+from policies.compile import CompiledOrg
+from store import policy_rules
+from store.quotas import OK, QuotaResult
+
+log = logging.getLogger("bastion.gateway.shadow")
+
+
+class _FixedQuotas:
+    """A quota backend answering with one result, without I/O."""
+
+    def __init__(self, result: QuotaResult):
+        self.result = result
+
+    async def check(self, *args: Any, **kwargs: Any) -> QuotaResult:
+        return self.result
+
+    async def spend(self, *args: Any, **kwargs: Any) -> QuotaResult:
+        return self.result
+
+
+async def shadow_decide(pipeline: Pipeline, req: Any, shadow: CompiledOrg, live: Decision, *,
+                        uapk_ids: tuple[str, ...] | None) -> Decision:
+    now = live.timestamp.timestamp()
+    quota = live.quota
+    if quota is None:
+        hour, day = live.limits or (0, 0)
+        quota = QuotaResult(OK, 0, 0, hour, day, now, False)
+    if live.override is not None:
+        verdict = live.override
+
+        def check_override(*args: Any, **kwargs: Any) -> Any:
+            return verdict
+    else:
+        check_override = pipeline.check_override  # type: ignore[assignment]
+    p = Pipeline(_FixedQuotas(quota), check_override, clock=lambda: now, cap_verifier=pipeline.cap_verifier)
+    return await p.decide(req, shadow, spend=False, allowed_uapk_ids=uapk_ids, capability=live.capability)
+
+
+def _codes(d: Decision) -> list[str]:
+    return [r.code for r in d.reasons]
+
+
+class ShadowRecorder:
+    def __init__(self, runtime: Any, *, capacity: int = 10_000, interval: float = 0.2):
+        self.runtime = runtime
+        self.buffer: collections.deque[dict[str, Any]] = collections.deque(maxlen=capacity)
+        self.interval = interval
+        self.dropped = 0
+        self.recorded = 0
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    async def observe(self, pipeline: Pipeline, req: Any, org: CompiledOrg, live: Decision, *,
+                      spend: bool, uapk_ids: tuple[str, ...] | None) -> Decision | None:
+        """Evaluate ``org.shadow`` for this request; buffer a diff. Never raises."""
+        shadow = org.shadow
+        if shadow is None:
+            return None
+        try:
+            sd = await shadow_decide(pipeline, req, shadow, live, uapk_ids=uapk_ids)
+        except Exception:  # the shadow must never break the live path
+            log.warning("shadow evaluation failed", exc_info=True)
+            return None
+        if (sd.decision, _codes(sd)) != (live.decision, _codes(live)):
+            if len(self.buffer) == self.buffer.maxlen:
+                self.dropped += 1
+            self.buffer.append({
+                "org_id": org.org_id,
+                "shadow_version": shadow.rules.version,
+                "mode": "execute" if spend else "evaluate",
+                "uapk_id": req.uapk_id,
+                "agent_id": req.agent_id,
+                "capability": live.capability,
+                "live_decision": live.decision,
+                "shadow_decision": sd.decision,
+                "live_reasons": [r.as_dict() for r in live.reasons],
+                "shadow_reasons": [r.as_dict() for r in sd.reasons],
+                "live_policy_version": live.policy_version,
+                "action": msgspec.to_builtins(req.action),
+                "created_at": utcnow(),
+            })
+            self._ensure_task()
+        return sd
+
+    def _ensure_task(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="bastion-shadow-diffs")
+
+    async def _run(self) -> None:
+        while self.buffer:
+            await asyncio.sleep(self.interval)
+            await self.flush()
+
+    async def flush(self) -> int:
+        """Write what is buffered now (also called before listing diffs)."""
+        async with self._lock:
+            rows = []
+            while self.buffer:
+                rows.append(self.buffer.popleft())
+            if not rows:
+                return 0
+            try:
+                async with self.runtime.sessions() as session:
+                    await policy_rules.insert_diffs(session, rows)
+            except Exception:
+                log.warning("could not record %d shadow diffs", len(rows), exc_info=True)
+                return 0
+            self.recorded += len(rows)
+            return len(rows)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._task = None
+        await self.flush()
