@@ -582,8 +582,8 @@ class DecisionRecorder:
             e["details"] = dict(e.get("details") or {}, limits={"hour": limits[0], "day": limits[1]})
         return e
 
-    def quota_entry(self, d: Any, escalate: Any = None) -> bytes | None:
-        """The event to XADD from the quota script (Redis mode), or None."""
+    def quota_entry(self, d: Any, escalate: Any = None) -> tuple[str, bytes] | None:
+        """(stream key, encoded event) for the quota script to XADD (Redis mode), or None."""
         if self.sink is None or not self.sink.redis_mode:
             return None
         e = self._event(d)
@@ -597,7 +597,7 @@ class DecisionRecorder:
             e["decision"] = "allow"
             e["reasons"] = [{"code": "all_checks_passed", "message": "All checks passed.", "details": {}}]
         self.handed_over = True
-        return encode(e)
+        return stream_key(), encode(e)
 
     async def done(self, d: Any) -> None:
         if self.handed_over or self.sink is None:

@@ -112,7 +112,8 @@ async def test_decision_recorder_records_exactly_once(settings_factory: Any) -> 
         entry = rec.quota_entry(d)
         if sink.redis_mode:
             assert entry is not None
-            await sink._writer_redis.xadd(STREAM, {FIELD: entry, "q": "0"})  # what quota.lua does
+            assert entry[0] == STREAM
+            await sink._writer_redis.xadd(entry[0], {FIELD: entry[1], "q": "0"})  # what quota.lua does
         else:
             assert entry is None
         await rec.done(d)
