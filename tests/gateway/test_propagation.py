@@ -113,3 +113,16 @@ async def test_redis_down_during_quota_is_503_never_allow(client: Any, org: Any)
         gateway.pipeline.quotas = good
         await dead.aclose()
     assert await _allow(client, key)
+
+
+async def test_standalone_gateway_app_decides(settings_factory: Any) -> None:
+    from gateway.app import create_gateway_app
+
+    app = create_gateway_app(settings_factory(gateway_max_body=2048))
+    async with serve_app(app) as client:
+        org = await bootstrap_org(app)
+        await add_manifest(app.state.runtime, org.org_id, "support-bot")
+        assert (await _decision(client, org.owner_key, action()))["decision"] == "allow"
+        big = action(params={"blob": "x" * 4096})
+        r = await client.post(EXEC, json=big, headers=org.headers)
+        assert_error(r, 413, "PAYLOAD_TOO_LARGE")
