@@ -117,8 +117,11 @@ class GatewayState:
 
     async def on_change(self, message: dict[str, Any]) -> None:
         org_id = message.get("org_id")
-        if not isinstance(org_id, str) or org_id not in self._orgs:
-            return  # not loaded here: the first decision loads it fresh
+        if not isinstance(org_id, str):
+            return
+        lock = self._locks.get(org_id)
+        if org_id not in self._orgs and not (lock is not None and lock.locked()):
+            return  # not loaded here (nor loading): the first decision loads it fresh
         if message.get("kind") in _IGNORED_KINDS:
             return
         version = message.get("version")

@@ -126,3 +126,28 @@ async def test_standalone_gateway_app_decides(settings_factory: Any) -> None:
         big = action(params={"blob": "x" * 4096})
         r = await client.post(EXEC, json=big, headers=org.headers)
         assert_error(r, 413, "PAYLOAD_TOO_LARGE")
+
+
+async def test_change_during_the_first_load_is_not_lost(client: Any, org: Any) -> None:
+    state = client.app.state.gateway.state
+    runtime = client.app.state.runtime
+    mid = await add_manifest(runtime, org.org_id, "support-bot")
+    original = state._load
+    loaded_old = asyncio.Event()
+    release = asyncio.Event()
+
+    async def slow_load(org_id: str) -> Any:
+        compiled = await original(org_id)
+        if not loaded_old.is_set():
+            loaded_old.set()
+            await release.wait()  # the first load read the old state and is not published yet
+        return compiled
+
+    state._load = slow_load
+    first = asyncio.create_task(state.get(org.org_id))
+    await loaded_old.wait()
+    change = asyncio.create_task(set_status(runtime, org.org_id, mid, "suspended"))
+    await asyncio.sleep(0.05)  # the announcement is now waiting for the in-flight load
+    release.set()
+    await asyncio.gather(first, change)
+    assert state.peek(org.org_id).agent("support-bot").status == "suspended"
