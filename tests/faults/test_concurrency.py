@@ -170,3 +170,48 @@ async def test_manifest_transitions_are_race_free(replicas: Replicas) -> None:
         async with httpx.AsyncClient(base_url=b.base_url, headers={"X-API-Key": owner}, timeout=30) as c:
             detail = (await c.get(base)).json()
             assert detail["status"] == winner, (detail, winner)
+
+
+async def test_audit_chain_never_forks(replicas: Replicas) -> None:
+    """After the races above (approval decisions on both replicas), one chain: sequence numbers
+    1..N without gaps or duplicates, the same from either replica, and it verifies."""
+    a, b, _ = replicas
+    # A last burst of audited changes from both replicas at once.
+    agent = setup_agent(a, "audit-bot", hour=10_000, day=10_000, human=["stripe:refund"])
+    ids = []
+    async with httpx.AsyncClient(base_url=a.base_url, timeout=30) as c:
+        for i in range(sized(16, 64)):
+            body = action_body("audit-bot", tool="stripe", type="refund", amount=float(i), currency="EUR")
+            r = await c.post(EXECUTE, json=body, headers={"X-API-Key": agent["agent_key"]})
+            ids.append(r.json()["approval_id"])
+    calls = [("POST", f"/api/v1/orgs/{a.org_id}/approvals/{i}/{'approve' if n % 2 else 'deny'}", {})
+             for n, i in enumerate(ids)]
+    statuses = Counter(r.status_code for r in await _fan_out([a, b], agent["approver_key"], calls, concurrency=16))
+    assert statuses == Counter({200: len(ids)}), statuses
+
+    async def chain(server: BastionServer) -> list[tuple[int, str, str]]:
+        out: list[tuple[int, str, str]] = []
+        async with httpx.AsyncClient(base_url=server.base_url, headers={"X-API-Key": server.owner_key}, timeout=30) as c:
+            for _ in range(100):  # the writers drain the stream within moments
+                out = []
+                while True:
+                    r = await c.get(f"/api/v1/orgs/{server.org_id}/audit/events?limit=100&offset={len(out)}")
+                    assert r.status_code == 200, r.text
+                    items = r.json()["items"]
+                    out += [(e["seq"], e["hash"], e["event_id"]) for e in items]
+                    if not items or len(out) >= r.json()["total"]:
+                        break
+                decided = sum(1 for _ in out)
+                if decided >= len(ids):
+                    break
+                await asyncio.sleep(0.1)
+            r = await c.get(f"/api/v1/orgs/{server.org_id}/audit/verify")
+            assert r.status_code == 200 and r.json()["valid"] is True, r.text
+        return sorted(out)
+
+    ca, cb = await chain(a), await chain(b)
+    assert ca == cb
+    seqs = [s for s, _, _ in ca]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "gaps or duplicates in the chain"
+    assert len({h for _, h, _ in ca}) == len(ca) and len({e for _, _, e in ca}) == len(ca)
+    assert len(ca) >= len(ids)
