@@ -262,3 +262,23 @@ async def test_nul_characters_never_cause_a_500(client: Any, org: Org) -> None:
     for method, url, body, headers in cases:
         r = await client.request(method, url, json=body, headers=headers or {})
         assert r.status_code < 500, (url, r.status_code, r.text)
+
+
+async def test_extreme_numbers_never_cause_a_500(client: Any, org: Org) -> None:
+    """Overflowing floats, huge integers and -0 in amounts and params, with and without an
+    override token (whose action hash canonicalises them): 400 or a decision, never a 500."""
+    await add_manifest(client.app.state.runtime, org.org_id, "num-bot", approved=["stripe:refund", "email:send"],
+                       require_human_approval=["stripe:refund"])
+    headers = {"X-API-Key": await make_key(client, org, "agent", ["num-bot"]), **JSON}
+    base = '{"uapk_id":"num-bot","agent_id":"a1","action":{"type":"refund","tool":"stripe"'
+    raws = [
+        base + ',"amount":1e309}}', base + ',"amount":-1e309}}', base + ',"amount":-0.0}}',
+        base + ',"amount":1e-400}}', base + ',"amount":' + "9" * 5000 + "}}",
+        base + ',"params":{"n":' + "9" * 400 + "}}}", base + ',"params":{"n":1e400}}}',
+        base + ',"params":{"n":-0}},"override_token":"x.y.z"}',
+        base + ',"amount":NaN}}', base + ',"amount":Infinity}}',
+    ]
+    for url in GATEWAY:
+        for raw in raws:
+            r = await client.post(url, content=raw, headers=headers)
+            assert r.status_code in (200, 400), (url, raw[-60:], r.status_code, r.text)
