@@ -240,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     from bastion import audit_cli
 
     audit_cli.register(sub).set_defaults(func=audit_cli.run)
+    from bastion import policy_cli
+    policy_cli.register(sub).set_defaults(func=lambda a: policy_cli.run(a, _settings))
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)
 
