@@ -13,7 +13,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.routes import HTTPRoute
 from litestar.types import ControllerRouterHandler
 
-from httpkit.auth import Authenticator
+from httpkit.auth import Authenticator, management_credentials
 from httpkit.context import RequestContext
 from httpkit.errors import EXCEPTION_HANDLERS, ErrorBody
 from httpkit.ratelimit import OrgRateLimiter
@@ -46,6 +46,7 @@ def build_app(
     app = Litestar(
         route_handlers=list(route_handlers),
         exception_handlers=EXCEPTION_HANDLERS,
+        guards=[management_credentials],
         lifespan=[lifespan],
         request_max_body_size=max_body or runtime.settings.api_max_body,
         openapi_config=OpenAPIConfig(

@@ -148,6 +148,22 @@ async def require_credentials(connection: ASGIConnection[Any, Any, Any, Any], _h
     await current_principal(connection)
 
 
+# Every management route under this prefix needs credentials (they all call ``admit``).
+MANAGEMENT_PREFIX = "/api/v1/orgs"
+
+
+async def management_credentials(connection: ASGIConnection[Any, Any, Any, Any], handler: Any) -> None:
+    """App-wide guard (installed by ``build_app``): on the management API (``/api/v1/orgs...``)
+    authenticate before the body is parsed, so 401 comes before 400 on every such route.
+    A handler can opt out with ``opt={"public": True}``."""
+    path = connection.scope.get("path", "")
+    if not (path == MANAGEMENT_PREFIX or path.startswith(MANAGEMENT_PREFIX + "/")):
+        return
+    if connection.scope.get("method") == "OPTIONS" or (handler is not None and handler.opt.get("public")):
+        return
+    await current_principal(connection)
+
+
 async def admit(
     request: Request[Any, Any, Any],
     org_id: str,

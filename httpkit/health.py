@@ -1,7 +1,8 @@
 """Liveness and readiness."""
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from typing import Any, Awaitable, Callable
 
 import msgspec
 from litestar import Request, Response, get
@@ -32,17 +33,31 @@ async def healthz() -> Health:
 async def readyz(request: Request[Any, Any, Any]) -> Response[Health]:
     runtime: Runtime = request.app.state.runtime
     checks: dict[str, str] = {}
-    try:
+
+    async def database() -> None:
         async with runtime.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
-        checks["database"] = "ok"
-    except Exception as exc:
-        checks["database"] = f"unavailable: {type(exc).__name__}"
+
+    checks["database"] = await _check(database)
     if runtime.redis is not None:
-        try:
-            await runtime.redis.ping()
-            checks["redis"] = "ok"
-        except Exception as exc:
-            checks["redis"] = f"unavailable: {type(exc).__name__}"
+        redis = runtime.redis
+
+        async def ping() -> None:
+            await redis.ping()
+
+        checks["redis"] = await _check(ping)
     ok = all(v == "ok" for v in checks.values())
     return Response(Health(status="ok" if ok else "unavailable", checks=checks), status_code=200 if ok else 503)
+
+
+CHECK_TIMEOUT = 2.0  # seconds: a frozen dependency makes the instance unready, not the probe hang
+
+
+async def _check(probe: Callable[[], Awaitable[None]]) -> str:
+    try:
+        await asyncio.wait_for(probe(), CHECK_TIMEOUT)
+    except asyncio.TimeoutError:
+        return "unavailable: timeout"
+    except Exception as exc:
+        return f"unavailable: {type(exc).__name__}"
+    return "ok"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -159,3 +160,22 @@ def test_unhandled_exceptions_are_500_without_internals() -> None:
     body = assert_error(r, 500, "INTERNAL_ERROR")
     assert "secret-internal-detail" not in r.text
     assert body["details"] == []
+
+
+async def test_every_management_route_authenticates_before_parsing_the_body(client: Any, org: Org) -> None:
+    """App-wide: any POST/PATCH route under /api/v1/orgs answers 401 to a bad body without
+    credentials (including routes other modules add)."""
+    from litestar.routes import HTTPRoute
+
+    checked = 0
+    for route in client.app.routes:
+        if not isinstance(route, HTTPRoute) or not route.path.startswith("/api/v1/orgs"):
+            continue
+        for method in set(route.methods) & {"POST", "PATCH", "PUT"}:
+            path = re.sub(r"\{org_id(:\w+)?\}", org.org_id, route.path)
+            path = re.sub(r"\{\w+:int\}", "1", path)
+            path = re.sub(r"\{[^}]+\}", "x", path)  # other ids: any value
+            r = await client.request(method, path, content=b"{broken", headers={"Content-Type": "application/json"})
+            assert_error(r, 401, "AUTHENTICATION_REQUIRED")
+            checked += 1
+    assert checked >= 6

@@ -95,3 +95,27 @@ async def test_readyz_is_503_for_an_unopenable_sqlite_file(settings_factory: Any
             await rt.engine.dispose()
             rt.engine = real
         assert r.status_code == 503 and r.json()["checks"]["database"].startswith("unavailable")
+
+
+async def test_readyz_does_not_hang_on_a_frozen_dependency(settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    import httpkit.health
+    from bastion.app import create_app
+
+    class FrozenRedis:
+        async def ping(self) -> None:
+            await asyncio.Event().wait()  # never answers
+
+    monkeypatch.setattr(httpkit.health, "CHECK_TIMEOUT", 0.2)
+    app = create_app(settings)
+    async with serve_app(app) as c:
+        rt = app.state.runtime
+        real = rt.redis
+        rt.redis = FrozenRedis()
+        try:
+            r = await c.get("/readyz")
+        finally:
+            rt.redis = real
+        assert r.status_code == 503
+        assert r.json()["checks"]["redis"] == "unavailable: timeout"
