@@ -242,3 +242,88 @@ async def test_openapi_request_schemas_match_what_the_server_accepts(client: Any
         "type": "apiKey", "description": "An organization API key (bst_...).", "name": "X-API-Key", "in": "header",
     }
     assert doc["components"]["securitySchemes"]["Session"]["scheme"] == "bearer"
+
+
+def _conforms(doc: dict[str, Any], schema: dict[str, Any], value: Any, where: str = "$") -> None:
+    """A small structural check of a JSON value against an OpenAPI schema: required fields
+    present, no undocumented fields, types of nested objects and arrays."""
+    if "$ref" in schema:
+        schema = doc["components"]["schemas"][schema["$ref"].rsplit("/", 1)[-1]]
+    if "oneOf" in schema or "anyOf" in schema:
+        options = schema.get("oneOf") or schema.get("anyOf")
+        errors = []
+        for option in options:
+            try:
+                _conforms(doc, option, value, where)
+                return
+            except AssertionError as exc:
+                errors.append(str(exc))
+        raise AssertionError(f"{where}: matches no option: {errors}")
+    types = schema.get("type")
+    types = types if isinstance(types, list) else [types] if types else []
+    if value is None:
+        assert not types or "null" in types, f"{where}: null not allowed"
+        return
+    if isinstance(value, dict):
+        assert not types or "object" in types, f"{where}: object not allowed"
+        props = schema.get("properties", {})
+        missing = set(schema.get("required", [])) - set(value)
+        assert not missing, f"{where}: missing {missing}"
+        extra = set(value) - set(props)
+        if props or schema.get("additionalProperties") is False:
+            assert not extra, f"{where}: undocumented {extra}"
+        for k, v in value.items():
+            if k in props:
+                _conforms(doc, props[k], v, f"{where}.{k}")
+    elif isinstance(value, list):
+        assert not types or "array" in types, f"{where}: array not allowed"
+        for i, item in enumerate(value):
+            _conforms(doc, schema.get("items", {}), item, f"{where}[{i}]")
+    elif isinstance(value, bool):
+        assert not types or "boolean" in types, f"{where}: boolean"
+    elif isinstance(value, int):
+        assert not types or {"integer", "number"} & set(types), f"{where}: integer"
+    elif isinstance(value, str):
+        assert not types or "string" in types, f"{where}: string"
+
+
+async def test_real_responses_conform_to_the_openapi_document(client: Any, org: Org) -> None:
+    doc = (await client.get("/schema/openapi.json")).json()
+
+    def check(path: str, method: str, r: Any) -> None:
+        spec = doc["paths"][path][method]["responses"][str(r.status_code)]
+        content = spec.get("content")
+        if r.status_code == 204:
+            assert not content and r.content == b""
+            return
+        _conforms(doc, content["application/json"]["schema"], r.json())
+
+    base = f"/api/v1/orgs/{org.org_id}"
+    check("/api/v1/auth/login", "post", await client.post("/api/v1/auth/login", json={"email": org.email, "password": org.password}))
+    check("/api/v1/auth/login", "post", await client.post("/api/v1/auth/login", json={"email": org.email, "password": "nope-nope"}))
+    check("/api/v1/auth/login", "post", await client.post("/api/v1/auth/login", json={"email": 1}))
+    check("/api/v1/orgs", "get", await client.get("/api/v1/orgs", headers=org.headers))
+    check("/api/v1/orgs/{org_id}", "get", await client.get(base, headers=org.headers))
+    check("/api/v1/orgs/{org_id}", "get", await client.get(base))
+    r = await client.post(f"{base}/api-keys", json={"name": "a", "role": "agent", "uapk_ids": ["bot-a"]}, headers=org.headers)
+    check("/api/v1/orgs/{org_id}/api-keys", "post", r)
+    key_id = r.json()["id"]
+    check("/api/v1/orgs/{org_id}/api-keys", "post", await client.post(f"{base}/api-keys", json={"name": "a"}, headers=org.headers))
+    check("/api/v1/orgs/{org_id}/api-keys", "get", await client.get(f"{base}/api-keys", headers=org.headers))
+    check("/api/v1/orgs/{org_id}/api-keys/{key_id}/revoke", "post", await client.post(f"{base}/api-keys/{key_id}/revoke", headers=org.headers))
+    r = await client.post(f"{base}/users", json={"email": "u@acme.com", "password": "pass-word-1", "role": "viewer"}, headers=org.headers)
+    check("/api/v1/orgs/{org_id}/users", "post", r)
+    uid = r.json()["user_id"]
+    check("/api/v1/orgs/{org_id}/users", "post", await client.post(f"{base}/users", json={"email": "u@acme.com", "password": "pass-word-1", "role": "viewer"}, headers=org.headers))
+    check("/api/v1/orgs/{org_id}/users", "get", await client.get(f"{base}/users", headers=org.headers))
+    check("/api/v1/orgs/{org_id}/users/{user_id}", "patch", await client.patch(f"{base}/users/{uid}", json={"role": "approver"}, headers=org.headers))
+    check("/api/v1/orgs/{org_id}/users/{user_id}", "patch", await client.patch(f"{base}/users/{org.user_id}", json={"role": "viewer"}, headers=org.headers))
+    check("/api/v1/orgs/{org_id}/users/{user_id}", "delete", await client.delete(f"{base}/users/{uid}", headers=org.headers))
+    check("/healthz", "get", await client.get("/healthz"))
+    check("/readyz", "get", await client.get("/readyz"))
+    # The checker itself notices a missing or an undocumented field.
+    err = {"$ref": "#/components/schemas/ErrorBody"}
+    with pytest.raises(AssertionError):
+        _conforms(doc, err, {"code": "X", "message": "m", "details": []})
+    with pytest.raises(AssertionError):
+        _conforms(doc, err, {"code": "X", "message": "m", "details": [], "request_id": "r", "extra": 1})
