@@ -168,6 +168,16 @@ async def _compiled(request: Request[Any, Any, Any], org_id: str) -> Any:
     return await gateway.state.get(org_id)
 
 
+def _audit(request: Request[Any, Any, Any], caller: Any, org_id: str) -> Any:
+    """The audit-trail hook the store calls inside each change's transaction."""
+    from gateway.audit import record_change
+
+    async def hook(kind: str, details: dict[str, Any]) -> None:
+        await record_change(request, caller, kind, org_id=org_id, details=details)
+
+    return hook
+
+
 def _version_summary(v: repo.VersionInfo) -> VersionSummary:
     return VersionSummary(v.version, v.change, v.author, isoformat(v.created_at) or "", len(v.rules))
 
@@ -192,13 +202,15 @@ class PoliciesController(Controller):
         rule, issues = parse_rule(body, "", auto_id=f"r-{secrets.token_hex(4)}")
         if rule is None:
             raise ValidationFailed("The rule failed validation.", issues)
-        version, rule = await repo.add_rule(_runtime(request), org_id, rule, caller.actor)
+        version, rule = await repo.add_rule(_runtime(request), org_id, rule, caller.actor,
+                                             _audit(request, caller, org_id))
         return RuleWritten(version, rule.to_dict())
 
     @delete("/rules/{rule_id:str}", status_code=HTTP_200_OK, summary="Delete a rule (a new policy version)")
     async def delete_rule(self, request: Request[Any, Any, Any], org_id: str, rule_id: str) -> VersionWritten:
         caller = await admit(request, org_id, "policies", "write")
-        return VersionWritten(await repo.delete_rule(_runtime(request), org_id, rule_id, caller.actor))
+        return VersionWritten(await repo.delete_rule(_runtime(request), org_id, rule_id, caller.actor,
+                                                     _audit(request, caller, org_id)))
 
     # --- versions ------------------------------------------------------------------------
     @get("/versions", summary="Policy versions, newest first")
@@ -223,7 +235,7 @@ class PoliciesController(Controller):
     async def rollback(self, request: Request[Any, Any, Any], org_id: str, version: int) -> VersionDetail:
         caller = await admit(request, org_id, "policies", "write")
         runtime = _runtime(request)
-        new = await repo.rollback(runtime, org_id, version, caller.actor)
+        new = await repo.rollback(runtime, org_id, version, caller.actor, _audit(request, caller, org_id))
         async with runtime.sessions() as session:
             v = await repo.get_version(session, org_id, new)
         assert v is not None
@@ -263,7 +275,7 @@ class PoliciesController(Controller):
         body = _object(await _json(request), ("rules",))
         rules = parse_rules(body.get("rules"), "rules")
         runtime = _runtime(request)
-        await repo.deploy_shadow(runtime, org_id, rules, caller.actor)
+        await repo.deploy_shadow(runtime, org_id, rules, caller.actor, _audit(request, caller, org_id))
         return await self._shadow(runtime, org_id)
 
     async def _shadow(self, runtime: Runtime, org_id: str) -> ShadowDetail:
@@ -297,12 +309,14 @@ class PoliciesController(Controller):
     @post("/shadow/promote", status_code=HTTP_200_OK, summary="Make the shadow set the live one (a new version)")
     async def promote(self, request: Request[Any, Any, Any], org_id: str) -> ShadowPromoted:
         caller = await admit(request, org_id, "policies", "write")
-        return ShadowPromoted(await repo.drop_shadow(_runtime(request), org_id, caller.actor, promote=True))
+        return ShadowPromoted(await repo.drop_shadow(_runtime(request), org_id, caller.actor, promote=True,
+                                                    audit=_audit(request, caller, org_id)))
 
     @delete("/shadow", status_code=HTTP_200_OK, summary="Drop the shadow set")
     async def drop(self, request: Request[Any, Any, Any], org_id: str) -> ShadowPromoted:
         caller = await admit(request, org_id, "policies", "write")
-        await repo.drop_shadow(_runtime(request), org_id, caller.actor, promote=False)
+        await repo.drop_shadow(_runtime(request), org_id, caller.actor, promote=False,
+                              audit=_audit(request, caller, org_id))
         return ShadowPromoted(None)
 
 

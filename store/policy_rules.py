@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Iterable
+from typing import Any, Awaitable, Callable, Iterable
 
 from casbin.persist.adapters.asyncio import AsyncAdapter
 from sqlalchemy import delete, func, select
@@ -165,58 +165,65 @@ async def _publish(session: AsyncSession, org_id: str, rules: list[Rule], change
     return version
 
 
-async def _change(runtime: Any, org_id: str, fn: Any) -> Any:
-    """Run ``fn(session)`` in one transaction with the org's state version bumped first;
-    announce after the commit."""
+Audit = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+
+async def _change(runtime: Any, org_id: str, fn: Any, audit: Audit | None) -> Any:
+    """Run ``fn(session)`` -> (result, audit kind, details) in one transaction with the org's
+    state version bumped first; ``audit`` (the controller's audit-trail hook) runs inside it,
+    before the commit (a change that cannot be audited is not made); announce after the commit."""
     async with runtime.sessions() as session:
         async with session.begin():
             state_version = await bump_org_version(session, org_id)  # first: serializes writers (PG row lock)
-            result = await fn(session)
+            result, kind, details = await fn(session)
+            if audit is not None:
+                await audit(kind, details)
     await announce(runtime.bus, "policy", org_id, state_version)
     return result
 
 
-async def add_rule(runtime: Any, org_id: str, rule: Rule, author: str) -> tuple[int, Rule]:
-    async def fn(session: AsyncSession) -> tuple[int, Rule]:
+async def add_rule(runtime: Any, org_id: str, rule: Rule, author: str, audit: Audit | None = None) -> tuple[int, Rule]:
+    async def fn(session: AsyncSession) -> Any:
         rules = await load_rules(session, org_id)
         if any(r.id == rule.id for r in rules):
             raise Conflict(f"A rule with id '{rule.id}' exists.", [FieldIssue("id", "Already used in this organization.")])
         version = await _publish(session, org_id, [*rules, rule], f"add rule {rule.id}", author)
-        return version, rule
+        return (version, rule), "policy.rule_added", {"version": version, "rule": rule.to_dict()}
 
-    return await _change(runtime, org_id, fn)  # type: ignore[no-any-return]
+    return await _change(runtime, org_id, fn, audit)  # type: ignore[no-any-return]
 
 
-async def delete_rule(runtime: Any, org_id: str, rule_id: str, author: str) -> int:
-    async def fn(session: AsyncSession) -> int:
+async def delete_rule(runtime: Any, org_id: str, rule_id: str, author: str, audit: Audit | None = None) -> int:
+    async def fn(session: AsyncSession) -> Any:
         rules = await load_rules(session, org_id)
         kept = [r for r in rules if r.id != rule_id]
         if len(kept) == len(rules):
             raise NotFound(f"No rule '{rule_id}'.")
         version = await _publish(session, org_id, kept, f"delete rule {rule_id}", author)
-        return version
+        return version, "policy.rule_deleted", {"version": version, "rule_id": rule_id}
 
-    return await _change(runtime, org_id, fn)  # type: ignore[no-any-return]
+    return await _change(runtime, org_id, fn, audit)  # type: ignore[no-any-return]
 
 
-async def replace_rules(runtime: Any, org_id: str, rules: list[Rule], author: str, change: str) -> int:
-    async def fn(session: AsyncSession) -> int:
+async def replace_rules(runtime: Any, org_id: str, rules: list[Rule], author: str, change: str,
+                        audit: Audit | None = None) -> int:
+    async def fn(session: AsyncSession) -> Any:
         version = await _publish(session, org_id, rules, change, author)
-        return version
+        return version, "policy.replaced", {"version": version, "change": change, "rules": len(rules)}
 
-    return await _change(runtime, org_id, fn)  # type: ignore[no-any-return]
+    return await _change(runtime, org_id, fn, audit)  # type: ignore[no-any-return]
 
 
-async def rollback(runtime: Any, org_id: str, to_version: int, author: str) -> int:
-    async def fn(session: AsyncSession) -> int:
+async def rollback(runtime: Any, org_id: str, to_version: int, author: str, audit: Audit | None = None) -> int:
+    async def fn(session: AsyncSession) -> Any:
         target = await get_version(session, org_id, to_version)
         if target is None:
             raise NotFound(f"No policy version {to_version}.")
         rules = parse_rules(target.rules, "rules")
         version = await _publish(session, org_id, rules, f"rollback to version {to_version}", author)
-        return version
+        return version, "policy.rollback", {"version": version, "to_version": to_version}
 
-    return await _change(runtime, org_id, fn)  # type: ignore[no-any-return]
+    return await _change(runtime, org_id, fn, audit)  # type: ignore[no-any-return]
 
 
 # --- shadow ---------------------------------------------------------------------------------
@@ -228,18 +235,18 @@ async def shadow_info(session: AsyncSession, org_id: str) -> VersionInfo | None:
     return _info(latest)
 
 
-async def deploy_shadow(runtime: Any, org_id: str, rules: list[Rule], author: str) -> int:
-    async def fn(session: AsyncSession) -> int:
+async def deploy_shadow(runtime: Any, org_id: str, rules: list[Rule], author: str, audit: Audit | None = None) -> int:
+    async def fn(session: AsyncSession) -> Any:
         version = await _publish(session, org_id, rules, "deploy shadow", author, SHADOW)
-        return version
+        return version, "policy.shadow_deployed", {"shadow_version": version, "rules": len(rules)}
 
-    return await _change(runtime, org_id, fn)  # type: ignore[no-any-return]
+    return await _change(runtime, org_id, fn, audit)  # type: ignore[no-any-return]
 
 
-async def drop_shadow(runtime: Any, org_id: str, author: str, *, promote: bool) -> int | None:
+async def drop_shadow(runtime: Any, org_id: str, author: str, *, promote: bool, audit: Audit | None = None) -> int | None:
     """Remove the shadow set; with ``promote`` it becomes the next live version first."""
 
-    async def fn(session: AsyncSession) -> int | None:
+    async def fn(session: AsyncSession) -> Any:
         info = await shadow_info(session, org_id)
         if info is None:
             raise NotFound("No shadow rule set is deployed.")
@@ -252,9 +259,10 @@ async def drop_shadow(runtime: Any, org_id: str, author: str, *, promote: bool) 
         session.add(PolicyVersion(org_id=org_id, kind=SHADOW, version=info.version + 1, rules=[],
                                   change=("drop (promoted)" if promote else "drop"), author=author[:300],
                                   created_at=utcnow()))
-        return live_version
+        kind = "policy.shadow_promoted" if promote else "policy.shadow_dropped"
+        return live_version, kind, {"shadow_version": info.version, "version": live_version}
 
-    return await _change(runtime, org_id, fn)  # type: ignore[no-any-return]
+    return await _change(runtime, org_id, fn, audit)  # type: ignore[no-any-return]
 
 
 # --- what the gateway loads ---------------------------------------------------------------------

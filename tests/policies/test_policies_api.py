@@ -272,3 +272,22 @@ async def test_candidate_rules_are_tested_and_live_untouched(client: Any, org: O
     r = await client.post(f"{base(org)}/test", json={"rules": [{"subject": "x"}], "cases": [{"request": {}}]},
                           headers=org.headers)
     assert "rules.0.subject" in {d["field"] for d in assert_error(r, 400, "VALIDATION_ERROR")["details"]}
+
+
+# --- audit -----------------------------------------------------------------------------------
+async def test_policy_changes_are_audited(client: Any, org: Org) -> None:
+    author_key = await make_key(client, org, "policy_author")
+    author = {"X-API-Key": author_key}
+    await add_rule(client, org, {"id": "x", "subject": "*", "capability": "crm:delete", "effect": "deny"}, author)
+    await client.delete(f"{base(org)}/rules/x", headers=author)
+    await client.post(f"{base(org)}/versions/1/rollback", headers=author)
+    await client.post(f"{base(org)}/shadow", json={"rules": []}, headers=author)
+    await client.post(f"{base(org)}/shadow/promote", headers=author)
+    await client.app.state.audit.flush()
+    r = await client.get(f"/api/v1/orgs/{org.org_id}/audit/events", params={"limit": 100}, headers=org.headers)
+    events = [e for e in r.json()["items"] if e["kind"].startswith("policy.")]
+    assert [e["kind"] for e in reversed(events)] == [
+        "policy.rule_added", "policy.rule_deleted", "policy.rollback", "policy.shadow_deployed", "policy.shadow_promoted"]
+    added = events[-1]
+    assert added["actor"].startswith("api_key:") and added["details"]["version"] == 1
+    assert added["details"]["rule"]["id"] == "x"
