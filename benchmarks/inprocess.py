@@ -31,7 +31,35 @@ def _agent_cap(i: int) -> str:
     return f"res{i % RESOURCES}:op{i % 7}"
 
 
-def build_source(org_id: str, n: int, version: int = 1) -> Any:
+TEAMS = 20
+
+
+def _policy_rules(n: int) -> list[Any]:
+    """N policy rules (policies/rules.py) over the N agents: per agent one of an allow rule with
+    a condition on the capability it uses (always holds: every weekday), a deny rule and an
+    escalate rule on capabilities it does not use; plus a rule per team and org-wide ones.
+    Most rules never match a given request, as in a real rule set; a quarter of the allowed
+    requests are narrowed by (and pass) an allow rule."""
+    from policies.rules import Rule, parse_conditions
+
+    rules = []
+    # Valid as the API would store it, and true on any day: the index and pycasbin must agree.
+    every_day, issues = parse_conditions({"weekdays": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]})
+    assert not issues, issues
+    for i in range(n):
+        kind = i % 8
+        if kind in (0, 1):
+            rules.append(Rule(f"r{i}", f"agent:agent-{i}", _agent_cap(i), "allow", every_day))
+        elif kind in (2, 3, 4):
+            rules.append(Rule(f"r{i}", f"agent:agent-{i}", f"res{i % RESOURCES}:drop", "deny"))
+        elif kind in (5, 6):
+            rules.append(Rule(f"r{i}", f"team:team-{i % TEAMS}", f"res{i % RESOURCES}:wire{i}", "escalate"))
+        else:
+            rules.append(Rule(f"r{i}", "*", f"other{i}:op{i % 7}", "deny"))
+    return rules
+
+
+def build_source(org_id: str, n: int, version: int = 1, with_rules: bool = True) -> Any:
     from policies.compile import DenyRule, ManifestSnapshot, OrgPolicySource
 
     manifests = []
@@ -48,6 +76,7 @@ def build_source(org_id: str, n: int, version: int = 1) -> Any:
                 max_actions_per_day=10**9,
                 manifest_hash=f"sha256:{i:064x}",
                 version="1.0.0",
+                team=f"team-{i % TEAMS}",
                 created_at=float(i),
             )
         )
@@ -56,7 +85,14 @@ def build_source(org_id: str, n: int, version: int = 1) -> Any:
     denies = tuple(DenyRule(pattern=f"res{i % RESOURCES}:op{(i + 1) % 7}", uapk_id=f"agent-{i}")
                    for i in range(5, n, 10))
     denies += tuple(DenyRule(pattern=f"forbidden{j}:op{j % 7}") for j in range(ORG_WIDE_DENIES))
-    return OrgPolicySource(org_id=org_id, version=version, manifests=tuple(manifests), deny_rules=denies)
+    source = OrgPolicySource(org_id=org_id, version=version, manifests=tuple(manifests), deny_rules=denies)
+    if with_rules and "rules" in getattr(OrgPolicySource, "__dataclass_fields__", {}):
+        import dataclasses
+
+        from policies.rules import RuleIndex
+
+        source = dataclasses.replace(source, rules=RuleIndex.build(_policy_rules(n), version))
+    return source
 
 
 def compile_source(source: Any) -> Any:
@@ -142,7 +178,10 @@ def _summarise(passes: list[tuple[list[int], int]], wrong: int) -> dict[str, Any
     return out
 
 
-def _time_casbin(enforcer: Any, reqs: list[tuple[int, Any, str]], max_calls: int, budget_s: float) -> dict[str, Any]:
+def _time_casbin(enforcer: Any, reqs: list[tuple[int, Any, str]], max_calls: int, budget_s: float,
+                 rules_enforcer: Any = None) -> dict[str, Any]:
+    """pycasbin on the same lines: the manifest grant (``enforce``) and, when the org has policy
+    rules, their verdict (``policies.rules.casbin_verdict``: the rules model's matchers)."""
     from policies.compile import subject
 
     samples: list[int] = []
@@ -150,10 +189,15 @@ def _time_casbin(enforcer: Any, reqs: list[tuple[int, Any, str]], max_calls: int
     deadline = time.perf_counter() + budget_s
     enforce = enforcer.enforce
     wrong = 0
+    if rules_enforcer is not None:
+        from policies.rules import RuleContext, casbin_verdict
     for k, (_oi, req, expect) in enumerate(reqs[:max_calls]):
         cap = f"{req.action.tool}:{req.action.type}"
         t0 = perf()
         ok = enforce(subject(req.uapk_id), cap)
+        if ok and rules_enforcer is not None:
+            effect, _ = casbin_verdict(rules_enforcer, req.uapk_id, cap, RuleContext.at(time.time()))
+            ok = effect is None
         samples.append(perf() - t0)
         if ok != (expect == "allow"):
             wrong += 1
@@ -183,9 +227,12 @@ def run(sizes: list[int], n_orgs: int, agents_per_org: int, decisions: int, roun
         compile_s = time.perf_counter() - t0
         reqs = [(0, r, e) for r, e in request_mix(n, decisions)]
         configs[str(n)] = ([compiled], reqs)
+        policy_rules = len(getattr(getattr(compiled, "rules", None), "rules", ()) or ())
         results["sizes"][str(n)] = {
             "agents": n,
-            "rules": len(compiled.lines) + len(compiled.lines2),
+            "rules": len(compiled.lines) + len(compiled.lines2) + policy_rules,
+            "manifest_lines": len(compiled.lines) + len(compiled.lines2),
+            "policy_rules": policy_rules,
             "compile_s": round(compile_s, 3),
         }
     # Many orgs: n_orgs orgs of agents_per_org agents each, decisions spread over all of them.
@@ -217,10 +264,18 @@ def run(sizes: list[int], n_orgs: int, agents_per_org: int, decisions: int, roun
             continue
         compiled_orgs, reqs = configs[str(n)]
         t1 = time.perf_counter()
-        enforcer = build_enforcer(compiled_orgs[0].lines, compiled_orgs[0].lines2)
+        compiled = compiled_orgs[0]
+        enforcer = build_enforcer(compiled.lines, compiled.lines2)
+        rules_enforcer = None
+        rules = getattr(compiled, "rules", None)
+        if rules:
+            from policies.rules import build_rules_enforcer
+
+            rules_enforcer = build_rules_enforcer(
+                rules.rules, {u: a.team for u, a in compiled.agents.items()})
         entry["casbin_load_s"] = round(time.perf_counter() - t1, 3)
         calls = casbin_calls if n <= 1000 else max(3, casbin_calls // (n // 1000))
-        entry["casbin_enforce_us"] = _time_casbin(enforcer, reqs, calls, casbin_budget_s)
+        entry["casbin_enforce_us"] = _time_casbin(enforcer, reqs, calls, casbin_budget_s, rules_enforcer)
         entry["casbin_over_pipeline_p50"] = round(
             entry["casbin_enforce_us"]["p50"] / max(entry["pipeline_us"]["p50_median_of_passes"], 1e-9), 1)
         del enforcer

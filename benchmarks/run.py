@@ -12,6 +12,7 @@ ignored by git); a full run also copies the summary, the JSON and the profile's 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -54,6 +55,7 @@ class Config:
     pg_stats_wait_s: float = 11.0  # PostgreSQL flushes an idle backend's counters within 10 s
     profile_s: float = 10.0
     management_iterations: int = 20
+    rollout_rules: int = 10_000
     scale_sizes: tuple[int, ...] = (10, 1000, 10000, 100000)
     scale_orgs: int = 1000
     scale_agents_per_org: int = 10
@@ -67,7 +69,7 @@ class Config:
         return cls(
             smoke=True, out=out, latest=None, workers=(1,), connections=(1, 4), warmup_s=0.3, duration_s=1.0, repeats=1,
             smoke_requests=150, roundtrip_decisions=100, pg_stats_wait_s=1.5, profile_s=1.0,
-            management_iterations=2, scale_sizes=(10, 100), scale_orgs=5, scale_decisions=100, scale_rounds=2,
+            management_iterations=2, rollout_rules=100, scale_sizes=(10, 100), scale_orgs=5, scale_decisions=100, scale_rounds=2,
             casbin_calls=10, casbin_budget_s=1.0, pg_db=f"bastion_bench_smoke_{os.getpid()}", **kw,
         )
 
@@ -392,45 +394,101 @@ def management_section(env: Env, port: int, workers: int) -> dict[str, Any]:
                            "approve_ms": stats(appr), "workers": workers}
     # Propagation: approve a new agent, then probe on fresh connections (the kernel spreads
     # them over the workers) until 20 in a row allow it.
-    out["approval_visible_everywhere_ms"] = _propagation(env, port, f"prop-agent-{os.getpid()}")
-    out["policy_rollout_10k_rules"] = {"status": "not_yet_measured",
-                                       "reason": "policy rules arrive with a later issue (hook: management_section)"}
+    probe_agent = f"prop-agent-{os.getpid()}"
+    out["approval_visible_everywhere_ms"] = _propagation(env, port, probe_agent)
+    out["policy_rollout"] = _policy_rollout(env, port, probe_agent, cfg.rollout_rules)
     return out
 
 
-def _propagation(env: Env, port: int, uapk_id: str, streak: int = 20, limit_s: float = 30.0) -> dict[str, Any]:
+def _probe(port: int, key: str, uapk_id: str) -> str:
+    """One evaluate on a fresh connection (the kernel hands it to any worker)."""
     import urllib.request
 
-    doc = scenario.manifest_doc(uapk_id, ["crm:read"], 1000, 10000)
+    body = json.dumps({"uapk_id": uapk_id, "agent_id": "probe", "action": {"type": "read", "tool": "crm"}}).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{scenario.EVALUATE}", data=body, method="POST",
+                                 headers={"content-type": "application/json", "x-api-key": key,
+                                          "connection": "close"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return str(json.loads(r.read())["decision"])
+
+
+def _until_streak(port: int, key: str, uapk_id: str, want: str, t0: float, streak: int = 20,
+                  limit_s: float = 60.0) -> tuple[float | None, float | None, int]:
+    """(first seen, streak complete) seconds since t0, probes."""
+    ok, probes, first = 0, 0, None
+    while ok < streak and time.perf_counter() - t0 < limit_s:
+        d = _probe(port, key, uapk_id)
+        probes += 1
+        if d == want:
+            ok += 1
+            if first is None:
+                first = time.perf_counter() - t0
+        else:
+            ok = 0
+    return first, (time.perf_counter() - t0 if ok >= streak else None), probes
+
+
+def _policy_rollout(env: Env, port: int, probe_agent: str, n_rules: int) -> dict[str, Any]:
+    """A live rule set of ``n_rules`` rules published with ``bastion policy import`` (the bulk
+    path: the HTTP API takes one rule per call, and a shadow set at most 1,000), timed until
+    every worker decides with it: one of the rules denies the probe agent's crm:read, which
+    was allowed before; probes on fresh connections until 20 in a row are denied."""
+    if importlib.util.find_spec("bastion.policy_cli") is None:
+        return {"status": "not_yet_measured", "reason": "no `bastion policy import` yet (policy rules issue)"}
+    before = _probe(port, env.owner_key, probe_agent)
+    lines = ["# benchmark rollout", f"p, agent:{probe_agent}, crm:read, deny, , rollout-probe"]
+    teams = ("bench", "support", "finance", "ops")
+    for i in range(n_rules - 1):
+        kind = i % 4
+        if kind == 0:
+            sub = f"agent:rollout-agent-{i}"
+        elif kind == 1:
+            sub = f"team:{teams[i % len(teams)]}"
+        elif kind == 2:
+            sub = "*"
+        else:
+            sub = f"agent:bench-agent-{i % scenario.ALLOW_AGENTS}"
+        effect = ("deny", "escalate", "allow")[i % 3]
+        cond = "amount_above=1000" if effect == "allow" else ""
+        # Capabilities no benchmark request uses, so the decision mix is unchanged.
+        lines.append(f"p, {sub}, rollout{i % 997}:op{i % 13}, {effect}, {cond}, rollout-{i}")
+    path = env.cfg.out / "rollout-rules.csv"
+    path.write_text("\n".join(lines) + "\n")
+    from policies.rules import parse_rules_text
+
+    t_parse = time.perf_counter()
+    parse_rules_text(path.read_text(), "csv")
+    parse_s = time.perf_counter() - t_parse
+    t0 = time.perf_counter()
+    proc = subprocess.run([infra.PY, "-m", "bastion.cli", "policy", "import", "--org", "bench", str(path),
+                           "--format", "csv", "--author", "bench"], cwd=infra.ROOT,
+                          env=env.bastion_env(port, 1), capture_output=True, text=True, timeout=300)
+    cli_s = time.perf_counter() - t0
+    if proc.returncode != 0:
+        return {"status": "failed", "reason": f"policy import exited {proc.returncode}: {proc.stderr[-1500:]}"}
+    first, done, probes = _until_streak(port, env.owner_key, probe_agent, "deny", t0)
+    return {"status": "ok", "rules": n_rules, "decision_before": before,
+            "import_command_s": round(cli_s, 3), "parse_s": round(parse_s, 3),
+            "first_worker_ms": round(first * 1000, 1) if first is not None else None,
+            "every_worker_ms": round(done * 1000, 1) if done is not None else None,
+            "after_import_ms": round((done - cli_s) * 1000, 1) if done is not None else None,
+            "probes": probes, "streak": 20,
+            "note": "timed from starting `bastion policy import` (a new process: start-up, parse, "
+                    "SQL write, announce) to 20 fresh-connection decisions in a row with the new rules"}
+
+
+def _propagation(env: Env, port: int, uapk_id: str, streak: int = 20, limit_s: float = 30.0) -> dict[str, Any]:
+    doc = scenario.manifest_doc(uapk_id, ["crm:read"], 10**9, 10**9)
     h = {"X-API-Key": env.owner_key}
     _s, reg = scenario.call(port, "POST", f"/api/v1/orgs/{env.org_id}/manifests", doc, h)
-    body = json.dumps({"uapk_id": uapk_id, "agent_id": "probe", "action": {"type": "read", "tool": "crm"}}).encode()
-
-    def probe() -> str:
-        req = urllib.request.Request(f"http://127.0.0.1:{port}{scenario.EVALUATE}", data=body, method="POST",
-                                     headers={"content-type": "application/json", "x-api-key": env.owner_key,
-                                              "connection": "close"})
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return str(json.loads(r.read())["decision"])
-
-    before = probe()
+    before = _probe(port, env.owner_key, uapk_id)
     t0 = time.perf_counter()
     scenario.call(port, "POST", f"/api/v1/orgs/{env.org_id}/manifests/{reg['manifest_id']}/approve", {}, h)
     t_ack = time.perf_counter() - t0
-    ok, probes, first_ok = 0, 0, None
-    while ok < streak and time.perf_counter() - t0 < limit_s:
-        d = probe()
-        probes += 1
-        if d == "allow":
-            ok += 1
-            if first_ok is None:
-                first_ok = time.perf_counter() - t0
-        else:
-            ok = 0
-    done = time.perf_counter() - t0
+    first, done, probes = _until_streak(port, env.owner_key, uapk_id, "allow", t0, streak, limit_s)
     return {"decision_before": before, "approve_response_ms": round(t_ack * 1000, 2),
-            "first_allow_ms": round(first_ok * 1000, 2) if first_ok is not None else None,
-            "streak_of_allows_ms": round(done * 1000, 2) if ok >= streak else None,
+            "first_allow_ms": round(first * 1000, 2) if first is not None else None,
+            "streak_of_allows_ms": round(done * 1000, 2) if done is not None else None,
             "streak": streak, "probes": probes}
 
 
@@ -538,7 +596,7 @@ def run(cfg: Config) -> dict[str, Any]:
                    for k, v in cfg.__dict__.items()},
         "targets": TARGETS,
         "hooks": {"capability_tokens_in_mix": scenario.captoken_in_pipeline(),
-                  "policy_rollout": False},
+                  "policy_rollout": importlib.util.find_spec("bastion.policy_cli") is not None},
     }
     missing = gateway_available()
     pg = infra.PgDatabase(cfg.pg_admin_dsn, cfg.pg_db)
@@ -568,6 +626,9 @@ def run(cfg: Config) -> dict[str, Any]:
                 pg.drop()
             except Exception:
                 pass
+    rollout = _get(results, "management", "policy_rollout")
+    if isinstance(rollout, dict) and rollout.get("status") == "failed":
+        results.setdefault("failures", []).append("management.policy_rollout")
     os.sched_setaffinity(0, own_affinity)
     results["machine"]["load_average_at_end"] = list(os.getloadavg())
     results["duration_s"] = round(time.time() - started, 1)
@@ -580,7 +641,8 @@ def run(cfg: Config) -> dict[str, Any]:
 TARGETS = {
     "throughput_vs_baseline": {"op": ">=", "value": 0.5, "text": "decision throughput >= 50% of the baseline's (same run)"},
     "p99_ms_at_16": {"op": "<=", "value": 5.0, "text": "p99 <= 5 ms at 16 connections"},
-    "inprocess_p50_us": {"op": "<=", "value": 20.0, "text": "in-process decision <= 20 us p50, warm"},
+    "inprocess_p50_us": {"op": "<=", "value": 20.0,
+                         "text": "in-process decision <= 20 us p50, warm (slowest org size)"},
     "scale_ratio": {"op": "<=", "value": 1.5, "text": "cost ratio largest / smallest rule set <= 1.5"},
     "redis_round_trips": {"op": "==", "value": 1.0, "text": "exactly 1 Redis round trip per warm (allowed) decision"},
     "sql_per_decision": {"op": "==", "value": 0.0, "text": "0 SQL statements per warm decision"},
@@ -604,8 +666,11 @@ def verdicts(results: dict[str, Any]) -> dict[str, Any]:
     ratio = _get(results, "http", "runs", w1, "ratio_rps", "16")
     p99 = _get(results, "http", "runs", w1, "bastion", "16", "latency_ms", "p99")
     sizes = _get(results, "inprocess", "sizes") or {}
-    small = _get(results, "inprocess", "smallest")
-    inproc = _get(sizes, str(small), "pipeline_us", "p50_median_of_passes") if small is not None else None
+    # The slowest configuration (largest org, or many orgs) must meet the in-process budget.
+    p50s = [_get(e, "pipeline_us", "p50_median_of_passes") for e in sizes.values()]
+    p50s.append(_get(results, "inprocess", "orgs", "pipeline_us", "p50_median_of_passes"))
+    p50s = [v for v in p50s if v is not None]
+    inproc = max(p50s) if p50s else None
     values = {
         "throughput_vs_baseline": ratio,
         "p99_ms_at_16": p99,
