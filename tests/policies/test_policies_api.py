@@ -175,8 +175,19 @@ async def test_escalation_by_rule_creates_an_approval_on_execute(client: Any, or
     key = await setup(client, org)
     await add_rule(client, org, {"id": "human-refunds", "subject": "*", "capability": "payments:refund",
                                  "effect": "escalate"})
-    out = await decide(client, key, action("support-bot", tool="payments", type="refund"), EXEC)
+    body = action("support-bot", tool="payments", type="refund", amount=20, currency="EUR")
+    out = await decide(client, key, body, EXEC)
     assert out["decision"] == "escalate" and out["approval_id"]
+    r = await client.post(f"/api/v1/orgs/{org.org_id}/approvals/{out['approval_id']}/approve", json={},
+                          headers=org.headers)
+    assert r.status_code == 200, r.text
+    token = r.json()["override_token"]
+    again = await decide(client, key, {**body, "override_token": token}, EXEC)
+    assert again["decision"] == "allow" and again["reasons"][0]["code"] == "override_token_accepted"
+    # single use; and a deny rule added since beats the override token
+    await add_rule(client, org, {"id": "no-refunds", "subject": "*", "capability": "payments:refund", "effect": "deny"})
+    out = await decide(client, key, {**body, "override_token": token}, EVAL)
+    assert out["decision"] == "deny" and out["reasons"][0]["code"] == "policy_denied"
 
 
 # --- versions and rollback -------------------------------------------------------------------
