@@ -34,7 +34,7 @@ UNLIMITED = 1_000_000_000
 
 
 class _PassingQuotas:
-    async def check(self, org_id: str, uapk_id: str, hour: int, day: int, mark: Any = None) -> QuotaResult:
+    async def check(self, org_id: str, uapk_id: str, hour: int, day: int, mark: Any = None, **_: Any) -> QuotaResult:
         return QuotaResult(OK, 0, 0, hour, day, time.time(), False)
 
     spend = check
