@@ -35,7 +35,7 @@ async def start_decisions(app: Litestar) -> None:
     from gateway.service import Gateway
 
     tokens = getattr(app.state, "tokens", None)
-    gateway = Gateway(app.state.runtime, cap_verifier=getattr(tokens, "verifier", None))
+    gateway = Gateway(app.state.runtime, cap_verifier=getattr(tokens, "verifier", None), audit=getattr(app.state, "audit", None))
     app.state.gateway = gateway
     await gateway.start()
 

@@ -273,6 +273,8 @@ class AuditSink:
         self._next_claim = 0.0
         self._next_prune = 0.0
         self._prepared = False
+        self._engine: Any = None
+        self._sessions: Any = runtime.sessions
         self.written = 0
 
     # --- producer side ----------------------------------------------------------------
@@ -304,6 +306,13 @@ class AuditSink:
 
     # --- life cycle ---------------------------------------------------------------------
     async def start(self) -> None:
+        # The writer's own small pool: its appends and locks never take connections from the
+        # request path (and the request path's engine sees no writer statements).
+        from store.db import make_engine, make_sessionmaker
+
+        pool = {} if self.settings.is_sqlite else {"pool_size": 2, "max_overflow": 2}
+        self._engine = make_engine(self.settings.database_url, **pool)
+        self._sessions = make_sessionmaker(self._engine)
         if self.redis_mode:
             from redis.asyncio import BlockingConnectionPool, Redis
 
@@ -359,6 +368,9 @@ class AuditSink:
             else:
                 await self._drain_queue_final()
         finally:
+            if self._engine is not None:
+                await self._engine.dispose()
+                self._engine = None
             if self._reader is not None:
                 await self._reader.aclose()
                 self._reader = None
@@ -420,13 +432,13 @@ class AuditSink:
         now = time.monotonic()
         if now >= self._next_checkpoint:
             self._next_checkpoint = now + self.tick
-            await repo.checkpoint_if_due(self.runtime.sessions, self.runtime.keys, self.settings.issuer, self.checkpoint_age)
+            await repo.checkpoint_if_due(self._sessions, self.runtime.keys, self.settings.issuer, self.checkpoint_age)
         if self.redis_mode and now >= self._next_claim:
             self._next_claim = now + self.claim_idle
             await self._claim(min_idle_ms=int(self.claim_idle * 1000))
         if self.settings.audit_retention_days > 0 and now >= self._next_prune:
             self._next_prune = now + self.prune_interval
-            n = await repo.prune_all(self.runtime.sessions, self.settings.audit_retention_days,
+            n = await repo.prune_all(self._sessions, self.settings.audit_retention_days,
                                      self.runtime.keys, self.settings.issuer)
             if n:
                 log.info("audit retention pruned events", extra={"fields": {"deleted": n}})
@@ -442,7 +454,7 @@ class AuditSink:
             by_org.setdefault(e["org_id"], []).append(e)
         n = 0
         for org_id, items in by_org.items():
-            async with self.runtime.sessions() as session, session.begin():
+            async with self._sessions() as session, session.begin():
                 n += await repo.append_events(
                     session, org_id, items, keys=self.runtime.keys, issuer=self.settings.issuer,
                     checkpoint_every=self.settings.audit_checkpoint_every,

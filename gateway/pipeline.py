@@ -141,8 +141,10 @@ class Pipeline:
         spend: bool,
         allowed_uapk_ids: tuple[str, ...] | None = None,
         capability: str | None = None,
+        audit: Any = None,
     ) -> Decision:
-        """``spend=True`` for execute, ``False`` for evaluate (a dry run)."""
+        """``spend=True`` for execute, ``False`` for evaluate (a dry run). ``audit``: a
+        gateway.audit.DecisionRecorder whose event rides along with the quota call."""
         cap = capability or required_capability(req)
         now = self.clock()
         d = Decision("allow", [], [], cap, org.policy_version, datetime.fromtimestamp(now, timezone.utc))
@@ -222,10 +224,12 @@ class Pipeline:
 
         # 4. quotas (one round trip; spends only an allowed execute)
         hour, day = agent.max_actions_per_hour, agent.max_actions_per_day
+        entry = audit.quota_entry(d, escalate) if audit is not None else None
+        extra = {"audit": entry} if entry is not None else {}
         if spend and escalate is None:
-            q = await self.quotas.spend(org.org_id, req.uapk_id, hour, day, mark)
+            q = await self.quotas.spend(org.org_id, req.uapk_id, hour, day, mark, **extra)
         else:
-            q = await self.quotas.check(org.org_id, req.uapk_id, hour, day, mark)
+            q = await self.quotas.check(org.org_id, req.uapk_id, hour, day, mark, **extra)
         d.quota = q
         if q.status == OVERRIDE_USED:
             return self._deny(d, "quota", Reason(

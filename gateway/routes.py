@@ -17,6 +17,7 @@ from litestar.exceptions import HTTPException
 
 from core.errors import AuthenticationRequired, FieldIssue, PermissionDenied, RateLimited, ValidationFailed
 from core.settings import Settings
+from gateway.audit import actor_of, request_id_of
 from gateway.schemas import EvaluateResponse, ExecuteResponse, GatewayActionRequest
 from gateway.service import Gateway, ratelimit_headers
 from httpkit.auth import Principal, authenticator
@@ -89,7 +90,9 @@ def _gateway(request: Request[Any, Any, Any]) -> Gateway:
 async def evaluate(request: Request[Any, Any, Any]) -> Response[EvaluateResponse]:
     principal = await _principal(request)
     req = await _body(request)
-    body, decision = await _gateway(request).evaluate(principal.org_id or "", req, uapk_ids=principal.uapk_ids)
+    body, decision = await _gateway(request).evaluate(
+        principal.org_id or "", req, uapk_ids=principal.uapk_ids, actor=actor_of(principal), request_id=request_id_of(request)
+    )
     return Response(body, status_code=200, media_type=MediaType.JSON, headers=ratelimit_headers(decision))
 
 
@@ -97,7 +100,8 @@ async def execute(request: Request[Any, Any, Any]) -> Response[ExecuteResponse]:
     principal = await _principal(request)
     req = await _body(request)
     body, decision = await _gateway(request).execute(
-        principal.org_id or "", req, uapk_ids=principal.uapk_ids, key_id=principal.key_id
+        principal.org_id or "", req, uapk_ids=principal.uapk_ids, key_id=principal.key_id,
+        actor=actor_of(principal), request_id=request_id_of(request),
     )
     return Response(body, status_code=200, media_type=MediaType.JSON, headers=ratelimit_headers(decision))
 

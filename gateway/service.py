@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 
 from core.clock import isoformat
+from gateway.audit import DecisionRecorder
 from gateway.pipeline import Decision, Pipeline, required_capability
 from gateway.shadow import ShadowRecorder
 from gateway.schemas import EvaluateResponse, ExecuteResponse, GatewayActionRequest, ReasonOut, TraceOut
@@ -47,8 +48,10 @@ class Gateway:
         quotas: QuotaBackend | None = None,
         poll_interval: float = 2.0,
         cap_verifier: Any = None,
+        audit: Any = None,
     ):
         self.runtime = runtime
+        self.audit = audit  # gateway.audit.AuditSink: one event per decision
         self.state = GatewayState(runtime, poll_interval=poll_interval)
         self.quotas = quotas or make_quota_backend(runtime)
         self.pipeline = Pipeline(self.quotas, _override_checker(runtime), cap_verifier=cap_verifier)
@@ -68,23 +71,29 @@ class Gateway:
             await asyncio.gather(*self._background, return_exceptions=True)
 
     async def decide(
-        self, org_id: str, req: GatewayActionRequest, *, spend: bool, uapk_ids: tuple[str, ...] | None
+        self, org_id: str, req: GatewayActionRequest, *, spend: bool, uapk_ids: tuple[str, ...] | None,
+        audit: Any = None,
     ) -> Decision:
         capability = required_capability(req)  # 400 before any state is touched
         compiled = await self.state.get(org_id)
         d = await self.pipeline.decide(
-            req, compiled, spend=spend, allowed_uapk_ids=uapk_ids, capability=capability
+            req, compiled, spend=spend, allowed_uapk_ids=uapk_ids, capability=capability, audit=audit
         )
         if compiled.shadow is not None:  # in memory, no I/O: the live decision's quota result
             await self.shadow.observe(self.pipeline, req, compiled, d, spend=spend, uapk_ids=uapk_ids)
         return d
 
     async def evaluate(
-        self, org_id: str, req: GatewayActionRequest, *, uapk_ids: tuple[str, ...] | None
+        self, org_id: str, req: GatewayActionRequest, *, uapk_ids: tuple[str, ...] | None,
+        actor: str | None = None, request_id: str | None = None,
     ) -> tuple[EvaluateResponse, Decision]:
-        d = await self.decide(org_id, req, spend=False, uapk_ids=uapk_ids)
+        interaction_id = str(uuid.uuid4())
+        rec = DecisionRecorder(self.audit, org_id=org_id, kind="gateway.evaluate", req=req, actor=actor,
+                               request_id=request_id, interaction_id=interaction_id)
+        d = await self.decide(org_id, req, spend=False, uapk_ids=uapk_ids, audit=rec)
+        await rec.done(d)  # raises (503) when the event cannot be queued: no answer without it
         body = EvaluateResponse(
-            interaction_id=str(uuid.uuid4()),
+            interaction_id=interaction_id,
             decision=d.decision,
             reasons=_reasons(d),
             approval_id=None,
@@ -95,10 +104,14 @@ class Gateway:
         return body, d
 
     async def execute(
-        self, org_id: str, req: GatewayActionRequest, *, uapk_ids: tuple[str, ...] | None, key_id: str | None
+        self, org_id: str, req: GatewayActionRequest, *, uapk_ids: tuple[str, ...] | None, key_id: str | None,
+        actor: str | None = None, request_id: str | None = None,
     ) -> tuple[ExecuteResponse, Decision]:
-        d = await self.decide(org_id, req, spend=True, uapk_ids=uapk_ids)
         interaction_id = str(uuid.uuid4())
+        rec = DecisionRecorder(self.audit, org_id=org_id, kind="gateway.execute", req=req, actor=actor,
+                               request_id=request_id, interaction_id=interaction_id)
+        d = await self.decide(org_id, req, spend=True, uapk_ids=uapk_ids, audit=rec)
+        await rec.done(d)  # raises (503) when the event cannot be queued: no answer without it
         approval_id: str | None = None
         if d.decision == "escalate":
             from gateway.approvals import create_approval

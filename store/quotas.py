@@ -116,17 +116,20 @@ class RedisQuotas:
             pass
 
     async def check(
-        self, org_id: str, uapk_id: str, hour_limit: int, day_limit: int, override: OverrideMark | None = None
+        self, org_id: str, uapk_id: str, hour_limit: int, day_limit: int, override: OverrideMark | None = None,
+        audit: tuple[str, bytes] | None = None,
     ) -> QuotaResult:
-        return await self._run("check", org_id, uapk_id, hour_limit, day_limit, override)
+        return await self._run("check", org_id, uapk_id, hour_limit, day_limit, override, audit)
 
     async def spend(
-        self, org_id: str, uapk_id: str, hour_limit: int, day_limit: int, override: OverrideMark | None = None
+        self, org_id: str, uapk_id: str, hour_limit: int, day_limit: int, override: OverrideMark | None = None,
+        audit: tuple[str, bytes] | None = None,
     ) -> QuotaResult:
-        return await self._run("spend", org_id, uapk_id, hour_limit, day_limit, override)
+        return await self._run("spend", org_id, uapk_id, hour_limit, day_limit, override, audit)
 
     async def _run(
-        self, mode: str, org_id: str, uapk_id: str, hour_limit: int, day_limit: int, override: OverrideMark | None
+        self, mode: str, org_id: str, uapk_id: str, hour_limit: int, day_limit: int, override: OverrideMark | None,
+        audit: tuple[str, bytes] | None = None,
     ) -> QuotaResult:
         from redis.exceptions import NoScriptError, RedisError
 
@@ -136,6 +139,9 @@ class RedisQuotas:
         now_arg = "" if self._test_clock is None else str(int(self._test_clock() * 1000))
         args = [mode, str(int(hour_limit)), str(int(day_limit)),
                 str(override.expires_at * 1000) if override else "", now_arg]
+        if audit is not None:  # (stream key, event): XADDed by the script (gateway/audit.py)
+            keys.append(audit[0])
+            args.append(audit[1])  # type: ignore[arg-type]
         try:
             async with self._slots:
                 try:

@@ -9,6 +9,8 @@
 -- ARGV[2]  hour limit.  ARGV[3]  day limit.
 -- ARGV[4]  override token expiry in epoch milliseconds ("" without KEYS[2]).
 -- ARGV[5]  test-only clock in epoch milliseconds; "" in production = Redis TIME.
+-- ARGV[6]  (optional) the decision's audit event (gateway/audit.py encode), XADDed in this same
+--          step to the LAST key (the audit stream) with the status: fields 'e' and 'q'.
 --
 -- Windows are fixed and UTC-aligned (epoch seconds are UTC). Returns
 -- {status, hour_used, day_used, now_ms} with status 0 = admitted (and spent when "spend"),
@@ -30,15 +32,23 @@ local hlimit = tonumber(ARGV[2])
 local dlimit = tonumber(ARGV[3])
 local hused = tonumber(redis.call('GET', hkey) or '0')
 local dused = tonumber(redis.call('GET', dkey) or '0')
+local function done(status)
+  if ARGV[6] ~= nil and ARGV[6] ~= '' then
+    redis.call('XADD', KEYS[#KEYS], '*', 'e', ARGV[6], 'q', tostring(status))
+  end
+  return {status, hused, dused, now_ms}
+end
+local ovr = nil  -- the override marker is KEYS[2] only when an expiry comes with it
+if ARGV[4] ~= nil and ARGV[4] ~= '' then ovr = KEYS[2] end
 
-if KEYS[2] ~= nil and redis.call('EXISTS', KEYS[2]) == 1 then
-  return {3, hused, dused, now_ms}
+if ovr ~= nil and redis.call('EXISTS', ovr) == 1 then
+  return done(3)
 end
 if dused >= dlimit then
-  return {2, hused, dused, now_ms}
+  return done(2)
 end
 if hused >= hlimit then
-  return {1, hused, dused, now_ms}
+  return done(1)
 end
 if ARGV[1] == 'spend' then
   hused = redis.call('INCR', hkey)
@@ -46,12 +56,12 @@ if ARGV[1] == 'spend' then
   -- Keep each window a minute past its end (clock skew between Redis and readers).
   redis.call('EXPIRE', hkey, hour_start + 3600 - now_s + 60)
   redis.call('EXPIRE', dkey, day_start + 86400 - now_s + 60)
-  if KEYS[2] ~= nil then
+  if ovr ~= nil then
     -- Until the token's expiry, plus a minute for clock skew between this Redis and the
     -- gateway that checks the expiry (a marker gone too early would allow a replay).
     local px = tonumber(ARGV[4]) - now_ms + 60000
     if px < 60000 then px = 60000 end
-    redis.call('SET', KEYS[2], '1', 'NX', 'PX', string.format('%d', px))
+    redis.call('SET', ovr, '1', 'NX', 'PX', string.format('%d', px))
   end
 end
-return {0, hused, dused, now_ms}
+return done(0)

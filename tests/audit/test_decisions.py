@@ -1,0 +1,154 @@
+"""Gateway decisions: every evaluate/execute, every outcome, makes exactly one audit event;
+the Redis round trips per decision do not grow; a SIGKILLed server loses nothing."""
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import make_key
+from tests.gateway.factories import action, add_manifest
+
+
+async def _events(client: Any, org: Any) -> list[dict[str, Any]]:
+    await client.app.state.audit.flush()
+    out: list[dict[str, Any]] = []
+    offset = 0
+    while True:
+        r = await client.get(f"/api/v1/orgs/{org.org_id}/audit/events", params={"limit": 100, "offset": offset},
+                             headers=org.headers)
+        assert r.status_code == 200, r.text
+        items = r.json()["items"]
+        out += items
+        if len(items) < 100:
+            return [e for e in out if e["kind"].startswith("gateway.")]
+        offset += 100
+
+
+async def test_every_decision_makes_exactly_one_event(client: Any, org: Any) -> None:
+    runtime = client.app.state.runtime
+    await add_manifest(runtime, org.org_id, "support-bot", approved=["email:send", "crm:read", "stripe:refund"],
+                       require_human_approval=["stripe:refund"], max_per_hour=3, max_per_day=100)
+    agent = {"X-API-Key": await make_key(client, org, "agent", ["support-bot"])}
+    calls = [
+        ("evaluate", action(), "allow", "all_checks_passed"),
+        ("execute", action(), "allow", "all_checks_passed"),
+        ("execute", action(tool="payments", type="wire"), "deny", "capability_not_granted"),
+        ("execute", action(tool="stripe", type="refund", amount=10, currency="EUR"), "escalate", "requires_human_approval"),
+        ("evaluate", action(uapk_id="ghost"), "deny", "manifest_not_found"),
+        ("execute", action(tool="crm", type="read"), "allow", "all_checks_passed"),
+        ("execute", action(tool="crm", type="read"), "allow", "all_checks_passed"),
+        ("execute", action(tool="crm", type="read"), "deny", "hourly_budget_exceeded"),
+        ("evaluate", action(tool="crm", type="read"), "deny", "hourly_budget_exceeded"),
+    ]
+    answers = []
+    for i, (endpoint, body, want, code) in enumerate(calls):
+        r = await client.post(f"/api/v1/gateway/{endpoint}", json=body,
+                              headers={**agent, "X-Request-ID": f"audit-test-{i}"})
+        assert r.status_code == 200, r.text
+        got = r.json()
+        assert (got["decision"], got["reasons"][0]["code"]) == (want, code), got
+        answers.append((endpoint, got))
+    events = await _events(client, org)
+    assert len(events) == len(calls)
+    by_request = {e["request_id"]: e for e in events}
+    assert len(by_request) == len(calls)
+    key_id = None
+    for i, (endpoint, got) in enumerate(answers):
+        e = by_request[f"audit-test-{i}"]
+        assert e["kind"] == f"gateway.{endpoint}"
+        assert e["decision"] == got["decision"]
+        assert e["reasons"][0]["code"] == got["reasons"][0]["code"]
+        assert e["interaction_id"] == got["interaction_id"]
+        assert e["policy_version"] == got["policy_version"]
+        assert e["uapk_id"] == calls[i][1]["uapk_id"] and e["agent_id"] == "agent-1"
+        assert e["params_hash"].startswith("sha256:") and e["params"] is None
+        assert e["actor"].startswith("api_key:")
+        key_id = key_id or e["actor"]
+        assert e["actor"] == key_id
+    r = await client.get(f"/api/v1/orgs/{org.org_id}/audit/verify", headers=org.headers)
+    assert r.json()["valid"] is True
+
+
+async def test_concurrent_decisions_one_chain(client: Any, org: Any) -> None:
+    runtime = client.app.state.runtime
+    await add_manifest(runtime, org.org_id, "support-bot", max_per_hour=10_000, max_per_day=10_000)
+    agent = {"X-API-Key": await make_key(client, org, "agent", ["support-bot"])}
+    rs = await asyncio.gather(*(client.post("/api/v1/gateway/execute", json=action(), headers=agent) for _ in range(200)))
+    assert all(r.status_code == 200 and r.json()["decision"] == "allow" for r in rs)
+    events = await _events(client, org)
+    assert sorted(e["interaction_id"] for e in events) == sorted(r.json()["interaction_id"] for r in rs)
+    r = await client.get(f"/api/v1/orgs/{org.org_id}/audit/verify", headers=org.headers)
+    assert r.json()["valid"] is True
+
+
+async def test_redis_round_trips_per_decision_do_not_grow(backend: str, client: Any, org: Any) -> None:
+    """An execute that reaches the quota step makes one Redis round trip (the quota script,
+    which also XADDs the audit event) — with the audit trail on."""
+    if backend == "sqlite":
+        pytest.skip("Redis mode")
+    runtime = client.app.state.runtime
+    sink = client.app.state.audit
+    await add_manifest(runtime, org.org_id, "support-bot", max_per_hour=100, max_per_day=100)
+    agent = {"X-API-Key": await make_key(client, org, "agent", ["support-bot"])}
+    r = await client.post("/api/v1/gateway/execute", json=action(), headers=agent)  # warm caches
+    assert r.status_code == 200
+    commands: list[str] = []
+
+    def counting(redis: Any) -> Any:
+        original = redis.execute_command
+
+        async def wrapper(*args: Any, **kw: Any) -> Any:
+            commands.append(str(args[0]))
+            return await original(*args, **kw)
+
+        redis.execute_command = wrapper
+        return original
+
+    originals = [(x, counting(x)) for x in {id(runtime.redis): runtime.redis, id(sink._writer_redis): sink._writer_redis}.values()]
+    try:
+        for _ in range(3):
+            r = await client.post("/api/v1/gateway/execute", json=action(), headers=agent)
+            assert r.json()["decision"] == "allow"
+    finally:
+        for redis, original in originals:
+            redis.execute_command = original
+    assert len(commands) == 3, commands
+    assert all(c.upper() in {"EVALSHA", "EVAL"} for c in commands), commands
+    events = await _events(client, org)
+    assert len(events) == 4
+
+
+async def test_sigkill_right_after_answering_loses_no_event(backend: str, pg_url: str, redis_url: str, tmp_path: Path) -> None:
+    """A real ``bastion serve`` killed with SIGKILL just after answering: every answered
+    decision is in the audit trail after a restart, exactly once."""
+    if backend == "sqlite":
+        pytest.skip("Redis mode (the embedded queue is in-process by design)")
+    from tests.faults.helpers import action_body, setup_agent
+    from tests.faults.procs import BastionServer
+
+    server = BastionServer(tmp_path / "srv", database_url=pg_url, redis_url=redis_url)
+    server.start()
+    try:
+        agent = setup_agent(server, "kill-bot")
+        answered = []
+        with server.client(agent["agent_key"]) as c:
+            for _ in range(20):
+                r = c.post("/api/v1/gateway/execute", json=action_body("kill-bot"))
+                assert r.status_code == 200, r.text
+                answered.append(r.json()["interaction_id"])
+        server.kill()
+        server.start()  # the new writer takes over what the dead one left in the stream
+        with server.client(server.owner_key) as owner:
+            base = f"/api/v1/orgs/{server.org_id}/audit"
+            for _ in range(200):
+                items = owner.get(f"{base}/events", params={"kind": "gateway.execute", "limit": 100}).json()["items"]
+                if len(items) >= len(answered):
+                    break
+                await asyncio.sleep(0.05)
+            assert sorted(e["interaction_id"] for e in items) == sorted(answered)
+            assert owner.get(f"{base}/verify").json()["valid"] is True
+    finally:
+        server.close()
