@@ -13,6 +13,7 @@ from api.validation import EMAIL, SLUG, UAPK_ID, Checker
 from core.clock import isoformat
 from core.errors import AuthenticationRequired, Conflict, NotFound, PermissionDenied
 from core.tokens import SESSION_TYP, sign
+from gateway.audit import record_change
 from httpkit.auth import SESSION_AUDIENCE, Caller, admit, current_principal, rate_limit, require_credentials
 from httpkit.pagination import page_params
 from store import accounts
@@ -188,6 +189,7 @@ class OrgController(Controller):
             except accounts.DuplicateError:
                 raise Conflict(f"An organization with slug '{data.slug}' already exists.") from None
             await accounts.add_member(session, org.id, principal.user_id or "", "owner")
+            await record_change(request, principal, "org.created", org_id=org.id, details={"slug": org.slug, "name": org.name})
         return OrgOut(org_id=org.id, name=org.name, slug=org.slug, created_at=isoformat(org.created_at) or "", role="owner")
 
     @get("/", summary="The caller's organizations", opt={"errors": [400, 401, 429, 503]})
@@ -262,6 +264,7 @@ class MemberController(Controller):
                 m = await accounts.add_member(session, org_id, user.id, data.role)
             except accounts.DuplicateError:
                 raise Conflict(f"{email} is already a member of this organization.") from None
+            await record_change(request, caller, "member.added", details={"user_id": user.id, "email": user.email, "role": m.role})
         return MemberOut(user_id=user.id, email=user.email, role=m.role, created_at=isoformat(m.created_at) or "")
 
     @get("/", summary="List members")
@@ -286,6 +289,7 @@ class MemberController(Controller):
             _require_manage(caller, m.role, data.role)
             if m.role == "owner" and data.role != "owner" and await accounts.count_owners(session, org_id) <= 1:
                 raise Conflict("The last owner cannot be demoted.")
+            await record_change(request, caller, "member.role_changed", details={"user_id": user_id, "from_role": m.role, "role": data.role})
             m.role = data.role
             user = await session.get(accounts.User, user_id)
         assert user is not None
@@ -302,6 +306,7 @@ class MemberController(Controller):
             _require_manage(caller, m.role)
             if m.role == "owner" and await accounts.count_owners(session, org_id) <= 1:
                 raise Conflict("The last owner cannot be removed.")
+            await record_change(request, caller, "member.removed", details={"user_id": user_id, "role": m.role})
             await session.delete(m)
 
 
@@ -333,6 +338,7 @@ class ApiKeyController(Controller):
                 session, org_id, data.name.strip(), display_prefix(secret), hash_key(runtime.pepper, secret),
                 data.role, sorted(set(data.uapk_ids)) if data.uapk_ids is not None else None, caller.actor,
             )
+            await record_change(request, caller, "api_key.created", details={"key_id": key.id, "name": key.name, "role": key.role, "uapk_ids": key.uapk_ids})
         return ApiKeyCreated(
             id=key.id, key=secret, name=key.name, prefix=key.prefix, role=key.role, uapk_ids=key.uapk_ids,
             created_at=isoformat(key.created_at) or "",
@@ -358,6 +364,7 @@ class ApiKeyController(Controller):
             if key is None:
                 raise NotFound()
             _require_manage(caller, key.role)
+            await record_change(request, caller, "api_key.revoked", details={"key_id": key.id, "name": key.name, "role": key.role})
             version = await bump_org_version(session, org_id)
         request.app.state.authenticator.evict(key.key_hash)
         # Every process (and gateway) evicts the key from its caches at once.

@@ -15,6 +15,7 @@ from httpkit.auth import admit
 from httpkit.pagination import page_params
 from store import captokens as repo
 from store.models import CapabilityToken
+from gateway.audit import record_change
 
 
 class TokenMeta(msgspec.Struct):
@@ -54,7 +55,9 @@ class CapabilityTokenController(Controller):
     @post("/", status_code=HTTP_201_CREATED, summary="Issue a capability token for delegation")
     async def create(self, request: Request[Any, Any, Any], org_id: str, data: TokenRequest) -> TokenIssued:
         caller = await admit(request, org_id, "capability_tokens", "manage")
-        return await issue_checked(request.app.state.runtime, org_id, data, "admin", caller.actor)
+        issued = await issue_checked(request.app.state.runtime, org_id, data, "admin", caller.actor)
+        await record_change(request, caller, "capability_token.issued", uapk_id=data.uapk_id, agent_id=data.agent_id, details={"token_id": issued.token_id, "capabilities": issued.capabilities, "expires_at": issued.expires_at, "via": "admin"})
+        return issued
 
     @get("/", summary="List issued tokens (metadata only, never the token)")
     async def list_tokens(self, request: Request[Any, Any, Any], org_id: str) -> TokenList:
@@ -70,6 +73,7 @@ class CapabilityTokenController(Controller):
         row = await revoke(request.app.state.runtime, org_id, token_id, caller.actor)
         if row is None:
             raise NotFound()
+        await record_change(request, caller, "capability_token.revoked", uapk_id=row.uapk_id, agent_id=row.agent_id, details={"token_id": row.id})
         return _meta(row)
 
 

@@ -11,6 +11,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from core.clock import isoformat, utcnow
 from core.errors import Conflict, FieldIssue, NotFound, Unprocessable, ValidationFailed
+from gateway.audit import record_change
 from httpkit.auth import Caller, admit
 from httpkit.pagination import page_params
 from policies import manifest as doc_rules
@@ -341,6 +342,7 @@ async def _transition(
             raise _conflict(exc) from None
         if result is None:
             raise NotFound()
+        await record_change(request, caller, f"manifest.{action}", uapk_id=result.manifest.uapk_id, details={"manifest_id": result.manifest.id, "version": result.manifest.version, "to_status": result.manifest.status, "approved": list(result.manifest.approved) if action == "approve" else None, "superseded": [x.id for x in result.superseded] or None, "reason": reason})
         version = await changes.bump_org_version(session, org_id)
     await changes.announce(
         runtime.bus, "manifest", org_id, version, uapk_id=result.manifest.uapk_id,
@@ -413,6 +415,7 @@ class ManifestController(Controller):
                     f"Version {document['agent']['version']} of agent '{document['agent']['id']}' is already registered.",
                     [FieldIssue("agent.version", "This version is already registered.")],
                 ) from None
+            await record_change(request, caller, "manifest.registered", uapk_id=m.uapk_id, details={"manifest_id": m.id, "version": m.version, "manifest_hash": m.manifest_hash, "to_status": m.status})
             version = await changes.bump_org_version(session, org_id)
         await changes.announce(runtime.bus, "manifest", org_id, version, uapk_id=m.uapk_id, manifest_id=m.id, status=m.status)
         agent = document["agent"]

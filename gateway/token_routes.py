@@ -16,6 +16,7 @@ from httpkit.auth import current_principal
 from policies.capabilities import is_concrete, matches_any
 from store import captokens as repo
 from store.runtime import Runtime
+from gateway.audit import record_change
 
 
 class TokenRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -85,7 +86,9 @@ async def issue_for_agent(request: Request[Any, Any, Any], data: TokenRequest) -
     if principal.uapk_ids is not None and data.uapk_id not in principal.uapk_ids:
         raise PermissionDenied(f"UAPK '{data.uapk_id}' has no active manifest in this organization.")
     request.scope.setdefault("state", {})["org_id"] = principal.org_id
-    return await issue_checked(request.app.state.runtime, principal.org_id or "", data, "gateway", principal.actor)
+    issued = await issue_checked(request.app.state.runtime, principal.org_id or "", data, "gateway", principal.actor)
+    await record_change(request, principal, "capability_token.issued", org_id=principal.org_id, uapk_id=data.uapk_id, agent_id=data.agent_id, details={"token_id": issued.token_id, "capabilities": issued.capabilities, "expires_at": issued.expires_at, "via": "gateway"})
+    return issued
 
 
 def claims_dict(c: CapClaims) -> dict[str, Any]:

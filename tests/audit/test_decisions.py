@@ -152,3 +152,33 @@ async def test_sigkill_right_after_answering_loses_no_event(backend: str, pg_url
             assert owner.get(f"{base}/verify").json()["valid"] is True
     finally:
         server.close()
+
+
+async def test_no_answer_without_its_event(client: Any, org: Any) -> None:
+    """Fail closed: when the event cannot be handed over, the gateway answers 503, never allow."""
+    runtime = client.app.state.runtime
+    await add_manifest(runtime, org.org_id, "support-bot", max_per_hour=100, max_per_day=100)
+    agent = {"X-API-Key": await make_key(client, org, "agent", ["support-bot"])}
+    sink = client.app.state.audit
+    if sink.redis_mode:
+        from store.runtime import make_redis
+
+        # The quota script's XADD fails (wrong type at the stream key): the whole step fails.
+        real = sink._writer_redis
+        await runtime.redis.delete("bastion:audit:events")
+        await runtime.redis.set("bastion:audit:events", "not a stream")
+        try:
+            r = await client.post("/api/v1/gateway/execute", json=action(), headers=agent)
+            assert r.status_code == 503, r.text
+        finally:
+            await runtime.redis.delete("bastion:audit:events")
+            sink._prepared = False
+        assert real is sink._writer_redis and make_redis
+    else:
+        sink._accepting = False
+        try:
+            for path in ("execute", "evaluate"):
+                r = await client.post(f"/api/v1/gateway/{path}", json=action(), headers=agent)
+                assert r.status_code == 503, r.text
+        finally:
+            sink._accepting = True
