@@ -104,3 +104,67 @@ def test_precedence_deny_over_escalate_over_allow() -> None:
         assert v.effect == expected
         e = build_rules_enforcer(rules, {"bot-a": "support"})
         assert casbin_verdict(e, "bot-a", "crm:delete", ctx)[0] == expected
+
+
+# --- whole decisions: manifests (gateway model) + rules (rules model) vs the pipeline --------
+MONDAY = datetime(2026, 1, 5, tzinfo=timezone.utc).timestamp()
+
+
+@st.composite
+def manifests(draw: st.DrawFn) -> "ManifestSnapshot":
+    from policies.compile import ManifestSnapshot
+
+    return ManifestSnapshot(
+        manifest_id=draw(st.uuids()).hex, uapk_id=draw(st.sampled_from(UAPKS)),
+        status=draw(st.sampled_from(["active", "active", "suspended"])),
+        approved=tuple(draw(st.lists(patterns, max_size=4))),
+        require_human_approval=tuple(draw(st.lists(patterns, max_size=2))),
+        team=draw(st.sampled_from(TEAMS)), created_at=float(draw(st.integers(0, 50))),
+    )
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ms=st.lists(manifests(), max_size=5), rules=rule_sets(),
+       requests=st.lists(st.tuples(st.sampled_from(UAPKS), capabilities, contexts), min_size=1, max_size=8))
+def test_pipeline_decisions_agree_with_casbin(ms: list, rules: list[Rule], requests: list) -> None:  # type: ignore[type-arg]
+    import asyncio
+
+    import msgspec
+
+    from gateway.pipeline import Pipeline
+    from gateway.policy_eval import _PassingQuotas
+    from gateway.schemas import GatewayActionRequest
+    from policies.compile import OrgPolicySource, build_enforcer, casbin_decide, compile_org
+
+    compiled = compile_org(OrgPolicySource("org", 1, tuple(ms), rules=RuleIndex.build(rules, 1)),
+                           default_per_hour=10, default_per_day=10)
+    grants = build_enforcer(compiled.lines, compiled.lines2)
+    teams = {u: a.team for u, a in compiled.agents.items()}
+    rule_enforcer = build_rules_enforcer(rules, teams)
+
+    async def run() -> None:
+        for uapk, cap, ctx in requests:
+            res, _, act = cap.partition(":")
+            body: dict = {"uapk_id": uapk, "agent_id": "a", "action": {"tool": res, "type": act}}  # type: ignore[type-arg]
+            if ctx.amount is not None:
+                body["action"]["amount"] = ctx.amount
+            if ctx.currency is not None:
+                body["action"]["currency"] = ctx.currency
+            if ctx.jurisdiction is not None:
+                body["counterparty"] = {"jurisdiction": ctx.jurisdiction}
+            now = MONDAY + ctx.weekday * 86400 + ctx.minute * 60
+            req = msgspec.convert(body, GatewayActionRequest)
+            d = await Pipeline(_PassingQuotas(), None, clock=lambda: now).decide(req, compiled, spend=False)
+            agent = compiled.agent(uapk)
+            granted, human, _ = casbin_decide(grants, uapk, cap)
+            effect, _ = casbin_verdict(rule_enforcer, uapk, cap, RuleContext.at(now, ctx.amount, ctx.currency,
+                                                                                ctx.jurisdiction))
+            if agent is None or not agent.active or not granted or effect in ("deny", "narrowed"):
+                expected = "deny"
+            elif effect == "escalate" or human:
+                expected = "escalate"
+            else:
+                expected = "allow"
+            assert d.decision == expected, (uapk, cap, ctx, compiled.lines, [r.line() for r in rules], d.reasons)
+
+    asyncio.run(run())
