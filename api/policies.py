@@ -6,6 +6,7 @@ Roles: ``policies:read`` (viewer and up) lists, explains and tests; ``policies:w
 """
 from __future__ import annotations
 
+import re
 import secrets
 from typing import Any
 
@@ -16,7 +17,6 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 from core.clock import isoformat
 from core.errors import FieldIssue, NotFound, ValidationFailed
 from gateway import policy_eval
-from gateway.routes import _issue as _msgspec_issue
 from gateway.schemas import GatewayActionRequest
 from httpkit.auth import admit
 from httpkit.pagination import page_params
@@ -152,13 +152,23 @@ def _object(body: Any, allowed: tuple[str, ...]) -> dict[str, Any]:
     return body
 
 
-def _gateway_request(raw: Any, where: str = "") -> GatewayActionRequest:
+_AT = re.compile(r"\s*-\s*at `\$(?P<path>[^`]*)`")
+_NAMED = re.compile(r"^Object (?:missing required|contains unknown) field `(?P<name>[^`]*)`")
+
+
+def _gateway_request(raw: Any) -> GatewayActionRequest:
+    """msgspec: "Object missing required field `tool` - at `$.action`" -> action.tool."""
     try:
         return msgspec.convert(raw, GatewayActionRequest)
     except msgspec.ValidationError as exc:
-        issue = _msgspec_issue(str(exc))
-        field = f"{where}.{issue.field}" if where and issue.field != "body" else (where or issue.field)
-        raise ValidationFailed(details=[FieldIssue(field, issue.issue)]) from None
+        message = str(exc)
+        m = _AT.search(message)
+        path = re.sub(r"\[(\d+)\]", r".\1", m.group("path")).strip(".") if m else ""
+        issue = _AT.sub("", message)
+        named = _NAMED.match(issue)
+        if named:
+            path = f"{path}.{named.group('name')}" if path else named.group("name")
+        raise ValidationFailed(details=[FieldIssue(path or "body", issue[:500])]) from None
 
 
 async def _compiled(request: Request[Any, Any, Any], org_id: str) -> Any:
