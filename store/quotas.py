@@ -105,6 +105,11 @@ class RedisQuotas:
         # redis-py's pool refuses (MaxConnectionsError) beyond 100 connections; queue here
         # instead, below that bound, so a burst waits a little rather than failing with 503s.
         self._slots = asyncio.Semaphore(max_in_flight)
+        # After a connection failure or timeout, calls answer 503 at once for this long (then
+        # the next calls probe Redis again); a call waits at most ``slot_wait`` for a slot.
+        self.fail_fast_for = 0.25
+        self.slot_wait = 1.0
+        self._failing_until = 0.0
         # Only tests set this: it replaces Redis TIME (ARGV[5]) to probe window edges.
         self._test_clock = test_clock
 
@@ -131,7 +136,9 @@ class RedisQuotas:
         self, mode: str, org_id: str, uapk_id: str, hour_limit: int, day_limit: int, override: OverrideMark | None,
         audit: tuple[str, bytes] | None = None,
     ) -> QuotaResult:
+        from redis.exceptions import ConnectionError as RedisConnectionError
         from redis.exceptions import NoScriptError, RedisError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
 
         keys = [base_key(org_id, uapk_id)]
         if override is not None:
@@ -142,16 +149,34 @@ class RedisQuotas:
         if audit is not None:  # (stream key, event): XADDed by the script (gateway/audit.py)
             keys.append(audit[0])
             args.append(audit[1])  # type: ignore[arg-type]
+        # Fail fast while Redis is known to be failing: with Redis frozen every slot is held for
+        # a whole socket timeout, and the calls queued behind them would otherwise each wait
+        # for their own timeout in turn (seconds, not the 300 ms budget of a 503).
+        if time.monotonic() < self._failing_until:
+            raise ServiceUnavailable("Quota store unavailable; no action was allowed. Retry shortly.")
         try:
-            async with self._slots:
+            await asyncio.wait_for(self._slots.acquire(), self.slot_wait)
+        except asyncio.TimeoutError:
+            raise ServiceUnavailable("Quota store saturated; no action was allowed. Retry shortly.") from None
+        try:
+            if time.monotonic() < self._failing_until:  # failed while this call was queued
+                raise ServiceUnavailable("Quota store unavailable; no action was allowed. Retry shortly.")
+            try:
                 try:
                     raw = await self.redis.evalsha(SCRIPT_SHA, len(keys), *keys, *args)
                 except NoScriptError:
                     raw = await self.redis.eval(SCRIPT, len(keys), *keys, *args)
-        except (RedisError, OSError, TimeoutError) as exc:
-            raise ServiceUnavailable(
-                f"Quota store unavailable ({type(exc).__name__}); no action was allowed. Retry shortly."
-            ) from exc
+            except (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError) as exc:
+                self._failing_until = time.monotonic() + self.fail_fast_for
+                raise ServiceUnavailable(
+                    f"Quota store unavailable ({type(exc).__name__}); no action was allowed. Retry shortly."
+                ) from exc
+            except RedisError as exc:
+                raise ServiceUnavailable(
+                    f"Quota store unavailable ({type(exc).__name__}); no action was allowed. Retry shortly."
+                ) from exc
+        finally:
+            self._slots.release()
         status, hour_used, day_used, now_ms = (int(x) for x in raw)
         return QuotaResult(
             status, hour_used, day_used, hour_limit, day_limit, now_ms / 1000.0, mode == "spend" and status == OK

@@ -244,3 +244,47 @@ async def test_used_override_token_stays_used_after_redis_loses_its_data(
             await asyncio.sleep(0.1)
         assert r.status_code == 200, r.text
         assert r.json()["decision"] == "deny", r.text
+
+
+async def test_quota_calls_fail_fast_under_concurrency_when_redis_freezes(redis_server: RedisServer) -> None:
+    """Regression (found by this suite): the quota backend queues calls beyond 64 in flight;
+    with Redis frozen each queued call waited for the ones ahead of it to time out in turn, so
+    300 concurrent decisions took 5 socket timeouts (~1.5 s) to get their 503. Now a call that
+    finds Redis failing answers at once: every call fails closed within the budget."""
+    from core.errors import ServiceUnavailable
+    from store.quotas import RedisQuotas
+    from store.runtime import make_redis
+
+    redis = make_redis(redis_server.url())
+    quotas = RedisQuotas(redis)
+    try:
+        await quotas.prepare()
+        results = await asyncio.gather(*(quotas.spend("o", "u", 10**6, 10**6) for _ in range(100)))
+        assert all(r.ok for r in results)
+        redis_server.freeze()
+        try:
+            async def timed() -> tuple[float, str]:
+                t0 = time.monotonic()
+                try:
+                    await quotas.spend("o", "u", 10**6, 10**6)
+                    return time.monotonic() - t0, "allowed"
+                except ServiceUnavailable:
+                    return time.monotonic() - t0, "503"
+
+            out = await asyncio.gather(*(timed() for _ in range(300)))
+            worst = max(t for t, _ in out)
+            print(f"300 concurrent quota calls, Redis frozen: all 503 within {worst * 1000:.0f} ms")
+            assert {r for _, r in out} == {"503"}
+            assert worst < FAIL_FAST_BOUND, worst
+        finally:
+            redis_server.thaw()
+        deadline = time.monotonic() + 5
+        while True:  # and it comes back by itself
+            try:
+                assert (await quotas.spend("o", "u", 10**6, 10**6)).ok
+                break
+            except ServiceUnavailable:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+    finally:
+        await redis.aclose()
