@@ -47,11 +47,11 @@ class Config:
     pg_db: str = "bastion_bench"
     workers: tuple[int, ...] = (1, 2)
     connections: tuple[int, ...] = (1, 16, 64)
-    warmup_s: float = 2.0
-    duration_s: float = 8.0
+    warmup_s: float = 1.5
+    duration_s: float = 6.0
     repeats: int = 2  # per load point; the repetition with the highest req/s is reported
     smoke_requests: int = 150  # per (server, connections) in smoke mode
-    roundtrip_decisions: int = 2000
+    roundtrip_decisions: int = 1000
     pg_stats_wait_s: float = 11.0  # PostgreSQL flushes an idle backend's counters within 10 s
     profile_s: float = 10.0
     management_iterations: int = 20
@@ -286,10 +286,26 @@ def http_section(env: Env, results: dict[str, Any]) -> None:
             proc.stop()
 
 
+# Redis commands the server sends off the request path, each its own round trip: the audit
+# writer draining its stream (XREADGROUP, then XACK and XDEL after its commit; XAUTOCLAIM on
+# start), change-bus publishes and health checks. Everything else is the decisions' own: the
+# quota script (EVALSHA, with the audit XADD and the window GET/INCR/EXPIRE/TIME inside) or a
+# lone XADD for a decision that makes no quota call.
+BACKGROUND_REDIS = frozenset({"xreadgroup", "xack", "xdel", "xautoclaim", "xclaim", "xpending", "xinfo",
+                              "xinfo|stream", "xinfo|groups", "xgroup", "xgroup|create", "xtrim", "ping",
+                              "publish", "subscribe", "hello", "select", "client", "client|setinfo"})
+
+
+def _is_audit(kind: str) -> bool:
+    """SQL the audit writer runs (it owns the audit_* tables; decisions never touch them)."""
+    parts = kind.split(" ", 1)
+    return len(parts) == 2 and parts[1].startswith("audit_")
+
+
 def roundtrips_section(env: Env, port: int, mix: list[dict[str, Any]]) -> dict[str, Any]:
-    """Redis commands and read events (round trips), and PostgreSQL transactions, per decision
-    on a warm server; each corrected by an idle window of the same length (background work:
-    the 2 s org-version poll, pub/sub health checks)."""
+    """Redis round trips and commands, and SQL statements, per decision on a warm server, split
+    into the request path and the asynchronous audit writer; each corrected by an idle window
+    of the same length (background: the 2 s org-version poll, token revocation catch-up)."""
     cfg = env.cfg
     out: dict[str, Any] = {"decisions_per_class": cfg.roundtrip_decisions, "redis_private": env.redis.private,
                            "classes": {}}
@@ -298,7 +314,8 @@ def roundtrips_section(env: Env, port: int, mix: list[dict[str, Any]]) -> dict[s
         calls = {k: after["calls"].get(k, 0) - before["calls"].get(k, 0) for k in after["calls"]}
         calls = {k: v for k, v in calls.items() if v and k != "info"}
         reads = after["reads"] - before["reads"] - infra.SNAPSHOT_READS
-        return {"commands": sum(calls.values()), "reads": reads, "by_command": calls}
+        background = sum(v for k, v in calls.items() if k in BACKGROUND_REDIS)
+        return {"commands": sum(calls.values()), "reads": reads, "background": background, "by_command": calls}
 
     classes = sorted({r["name"] for r in mix})
     timings: dict[str, float] = {}
@@ -336,11 +353,14 @@ def roundtrips_section(env: Env, port: int, mix: list[dict[str, Any]]) -> dict[s
         scale = window_s / load_window if load_window else 0.0
         cmds = delta["commands"] - idle_redis["commands"] * scale
         reads = delta["reads"] - idle_redis["reads"] * scale
+        background = delta["background"] - idle_redis["background"] * scale
         return {
             "redis_commands_raw": delta["commands"], "redis_reads_raw": delta["reads"],
             "redis_by_command": delta["by_command"],
             "redis_commands_per_decision": round(cmds / n, 3) if n else None,
             "redis_round_trips_per_decision": round(reads / n, 3) if n else None,
+            "redis_round_trips_request_path": round((reads - background) / n, 3) if n else None,
+            "redis_round_trips_audit_writer": round(background / n, 3) if n else None,
         }
 
     for name, (delta, res) in per_class_raw.items():
@@ -353,24 +373,32 @@ def roundtrips_section(env: Env, port: int, mix: list[dict[str, Any]]) -> dict[s
     mix_entry["sql_transactions_per_decision"] = round((sql_raw - idle_pg) / n, 3) if n else None
     stmts = env.pg.statement_counts(lb, la)
     if stmts is not None and idle_stmts is not None:
-        # Statements (transaction control excluded), background subtracted per kind.
-        net = {k: round(v - idle_stmts.get(k, 0), 1) for k, v in stmts.items() if k != "txn"}
+        # Statements (transaction control excluded), background subtracted per kind; the audit
+        # writer's (audit_* tables) apart from the request path's.
+        net = {k: stmts.get(k, 0) - idle_stmts.get(k, 0) for k in set(stmts) | set(idle_stmts) if k != "txn"}
         mix_entry["sql_statements_raw"] = stmts
-        mix_entry["sql_statements_net_by_kind"] = {k: v for k, v in net.items() if v}
-        total = sum(v for k, v in stmts.items() if k != "txn") - sum(v for k, v in idle_stmts.items() if k != "txn")
-        mix_entry["sql_statements_per_decision"] = round(total / n, 4) if n else None
-        sql_method = "statements (server log)"
-        sql_value = mix_entry["sql_statements_per_decision"]
+        mix_entry["sql_statements_net_by_kind"] = {k: v for k, v in sorted(net.items()) if v}
+        request_path = sum(v for k, v in net.items() if not _is_audit(k))
+        audit = sum(v for k, v in net.items() if _is_audit(k))
+        mix_entry["sql_statements_request_path_per_decision"] = round(request_path / n, 4) if n else None
+        mix_entry["sql_statements_audit_writer_per_decision"] = round(audit / n, 4) if n else None
+        sql_method = "statements in the PostgreSQL log"
+        sql_value = mix_entry["sql_statements_request_path_per_decision"]
     else:
-        sql_method = "transactions (pg_stat_database)"
+        sql_method = "transactions (pg_stat_database; the log was not readable): request path and audit writer together"
         sql_value = mix_entry["sql_transactions_per_decision"]
     out["mix"] = mix_entry
     allow = out["classes"].get("allow", {})
     out["headline"] = {
-        "redis_round_trips_per_allowed_decision": allow.get("redis_round_trips_per_decision"),
+        "redis_round_trips_per_allowed_decision": allow.get("redis_round_trips_request_path"),
+        "redis_round_trips_request_path_max": max(
+            (c.get("redis_round_trips_request_path") or 0.0) for c in out["classes"].values()),
         "redis_commands_per_allowed_decision": allow.get("redis_commands_per_decision"),
+        "redis_round_trips_audit_writer": mix_entry.get("redis_round_trips_audit_writer"),
         "sql_per_decision": sql_value,
         "sql_method": sql_method,
+        "sql_statements_audit_writer": mix_entry.get("sql_statements_audit_writer_per_decision"),
+        "sql_transactions_all": mix_entry["sql_transactions_per_decision"],
     }
     return out
 
@@ -644,8 +672,9 @@ TARGETS = {
     "inprocess_p50_us": {"op": "<=", "value": 20.0,
                          "text": "in-process decision <= 20 us p50, warm (slowest org size)"},
     "scale_ratio": {"op": "<=", "value": 1.5, "text": "cost ratio largest / smallest rule set <= 1.5"},
-    "redis_round_trips": {"op": "==", "value": 1.0, "text": "exactly 1 Redis round trip per warm (allowed) decision"},
-    "sql_per_decision": {"op": "==", "value": 0.0, "text": "0 SQL statements per warm decision"},
+    "redis_round_trips": {"op": "==", "value": 1.0,
+                          "text": "exactly 1 Redis round trip per warm (allowed) decision, request path"},
+    "sql_per_decision": {"op": "==", "value": 0.0, "text": "0 SQL statements per warm decision, request path"},
 }
 
 
@@ -690,7 +719,7 @@ def verdicts(results: dict[str, Any]) -> dict[str, Any]:
         elif op == "<=":
             met, miss = v <= t, (v - t) / t
         else:  # "==" on per-decision counts: within the jitter of the background correction
-            # (a 2 s poll seen once more or less in a window of ~2,000 decisions)
+            # (a 2 s poll seen once more or less in a window of ~1,000 decisions)
             met, miss = abs(v - t) <= EXACT_TOLERANCE, v - t
         out[key] = {"value": v, "target": t, "op": op, "met": met,
                     "miss": None if met else round(miss, 3)}

@@ -117,9 +117,13 @@ def explain(results: dict[str, Any], key: str) -> str:
             "policies compact (slots, shared empty sets) to close it."
         )
     if key == "redis_round_trips":
-        return "More than one Redis call per decision: see the per-command breakdown above."
+        return ("A decision's request path makes more (or fewer) Redis round trips than the one quota-script "
+                "call: see the per-class table and the per-command counts in section 3.")
     if key == "sql_per_decision":
-        return "SQL on the decision path: see the server's logs for the statements; cache what they read."
+        kinds = _get(results, "roundtrips", "mix", "sql_statements_net_by_kind") or {}
+        other = {k: v for k, v in kinds.items() if not k.split(" ", 1)[-1].startswith("audit_")}
+        return (f"Statements beyond the background that are not the audit writer's: {other or 'none'}; "
+                "whatever a decision reads must come from the in-memory snapshot instead.")
     return ""
 
 
@@ -241,29 +245,35 @@ def render_summary(r: dict[str, Any]) -> str:
             f"{_f(_get(rt, 'idle', 'sql_transactions'))} SQL transactions, {_f(_get(rt, 'idle', 'redis', 'commands'))} "
             f"Redis commands: the gateway's 2 s version poll, the token revocation catch-up, the audit writer's reads).")
         add("")
-        add("| class | decisions | Redis round trips | Redis commands (incl. inside Lua) | commands |")
-        add("|---|---|---|---|---|")
+        add("| class | decisions | Redis round trips, request path | + audit writer | Redis commands (incl. inside Lua) | commands |")
+        add("|---|---|---|---|---|---|")
         for name, c in (rt.get("classes") or {}).items():
             cmds = ", ".join(f"{k} {v}" for k, v in sorted((c.get("redis_by_command") or {}).items()))
-            add(f"| {name} | {c.get('decisions')} | {_f(c.get('redis_round_trips_per_decision'), 3)} | "
-                f"{_f(c.get('redis_commands_per_decision'), 3)} | {cmds} |")
+            add(f"| {name} | {c.get('decisions')} | {_f(c.get('redis_round_trips_request_path'), 3)} | "
+                f"{_f(c.get('redis_round_trips_audit_writer'), 3)} | {_f(c.get('redis_commands_per_decision'), 3)} | {cmds} |")
         mx = rt.get("mix") or {}
         add("")
-        if "sql_statements_per_decision" in mx:
-            kinds = ", ".join(f"{k} {v:g}" for k, v in sorted((mx.get("sql_statements_net_by_kind") or {}).items()))
+        add("Request path = every read event (round trip) the server's Redis connections caused, less the audit "
+            "writer's and the change bus's own commands (XREADGROUP, XACK, XDEL, XAUTOCLAIM, PUBLISH, PING: one "
+            "round trip each); the audit writer drains the decisions' events asynchronously, in batches, in the "
+            "same process.")
+        add("")
+        if "sql_statements_request_path_per_decision" in mx:
+            kinds = ", ".join(f"{k} {v:g}" for k, v in (mx.get("sql_statements_net_by_kind") or {}).items())
             idle = _get(rt, "idle", "sql_statements") or {}
             idle_kinds = ", ".join(f"{k} {v}" for k, v in sorted(idle.items()))
-            add(f"SQL statements per decision over the whole mix ({mx.get('decisions')} decisions, counted in the "
-                f"PostgreSQL log of the bench database, idle background subtracted): "
-                f"**{_f(mx.get('sql_statements_per_decision'), 4)}**"
-                + (f"; beyond the background: {kinds}" if kinds else "; nothing beyond the background")
-                + f". Background in the idle window: {idle_kinds or 'none'}. "
-                f"Transactions (pg_stat_database): {mx.get('sql_transactions_raw')} raw, "
-                f"{_f(mx.get('sql_transactions_per_decision'), 3)} per decision after the idle correction.")
+            add(f"SQL per decision over the whole mix ({mx.get('decisions')} decisions; statements in the PostgreSQL "
+                f"log of the bench database, the idle window's subtracted): request path "
+                f"**{_f(mx.get('sql_statements_request_path_per_decision'), 4)}**, audit writer "
+                f"{_f(mx.get('sql_statements_audit_writer_per_decision'), 4)} (statements on the audit_* tables; "
+                f"asyncpg logs each row of a batched insert as one statement). Net by kind: {kinds or 'none'}. "
+                f"Idle window: {idle_kinds or 'none'}. Transactions (pg_stat_database), everything: "
+                f"{_f(mx.get('sql_transactions_per_decision'), 3)} per decision ({mx.get('sql_transactions_raw')} raw).")
         else:
             add(f"SQL transactions per decision over the whole mix: **{_f(mx.get('sql_transactions_per_decision'), 3)}** "
                 f"({mx.get('sql_transactions_raw')} raw in {mx.get('decisions')} decisions, before the idle correction; "
-                f"the PostgreSQL log was not readable, so statements were not counted).")
+                f"the PostgreSQL log was not readable, so statements were not counted and the audit writer's "
+                f"transactions are included).")
     add("")
     # 4. Profile.
     add("## 4. Profile (pyinstrument, 1 worker, 16 connections)")

@@ -93,6 +93,8 @@ def test_smoke_run_produces_well_formed_results(tmp_path: Path) -> None:
     assert set(rt["classes"]) == classes
     assert rt["classes"]["allow"]["decisions"] >= cfg.roundtrip_decisions
     assert rt["classes"]["allow"]["redis_by_command"], rt["classes"]["allow"]
+    for c in rt["classes"].values():
+        assert c["redis_round_trips_request_path"] is not None and c["redis_round_trips_audit_writer"] is not None
     assert rt["headline"]["redis_round_trips_per_allowed_decision"] is not None
     assert rt["headline"]["sql_per_decision"] is not None
 
