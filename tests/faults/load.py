@@ -19,6 +19,8 @@ class Sample:
     code: str | None
     retry_after: str | None
     error: str | None = None
+    request_id: str | None = None
+    wall: float = 0.0  # time.time() when it started
 
     @property
     def latency(self) -> float:
@@ -37,12 +39,13 @@ class Recorder:
         return sum(1 for s in (self.samples if samples is None else samples) if s.decision == "allow")
 
 
-async def one(client: httpx.AsyncClient, method: str, url: str, body: Any) -> Sample:
-    t0 = time.monotonic()
+async def one(client: httpx.AsyncClient, method: str, url: str, body: Any, request_id: str | None = None) -> Sample:
+    headers = {"X-Request-ID": request_id} if request_id else None
+    wall, t0 = time.time(), time.monotonic()
     try:
-        r = await client.request(method, url, json=body)
+        r = await client.request(method, url, json=body, headers=headers)
     except httpx.HTTPError as exc:
-        return Sample(t0, time.monotonic(), 0, None, None, None, type(exc).__name__)
+        return Sample(t0, time.monotonic(), 0, None, None, None, type(exc).__name__, request_id, wall)
     t1 = time.monotonic()
     decision = code = None
     try:
@@ -52,7 +55,7 @@ async def one(client: httpx.AsyncClient, method: str, url: str, body: Any) -> Sa
             code = data.get("code")
     except ValueError:
         pass
-    return Sample(t0, t1, r.status_code, decision, code, r.headers.get("retry-after"))
+    return Sample(t0, t1, r.status_code, decision, code, r.headers.get("retry-after"), None, request_id, wall)
 
 
 async def closed_loop(
@@ -68,6 +71,7 @@ async def closed_loop(
     timeout: float = 10.0,
     max_requests: int | None = None,
     pause: float = 0.0,
+    tag: str = "lg",
 ) -> None:
     """``concurrency`` workers send requests back to back until ``stop`` is set (or
     ``max_requests`` were sent in all). ``pause`` seconds between a worker's requests."""
@@ -80,7 +84,8 @@ async def closed_loop(
                 if max_requests is not None and counter[0] >= max_requests:
                     return
                 counter[0] += 1
-                recorder.samples.append(await one(client, method, url, body(counter[0])))
+                n = counter[0]
+                recorder.samples.append(await one(client, method, url, body(n), f"{tag}-{n}"))
                 if pause:
                     await asyncio.sleep(pause)
 
