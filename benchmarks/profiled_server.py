@@ -29,10 +29,10 @@ def _walk(frame: Any, acc_self: dict[str, float], acc_total: dict[str, float], s
         _walk(child, acc_self, acc_total, stack + (ident,))
 
 
-# Where a decision request's time goes: (label, function name, file suffix) of frames whose
-# total time is summed; shares are of the whole request (httpkit.context.RequestContext).
+# Where the server's CPU goes: (label, function name, file suffix) of frames whose total time
+# is summed, as shares of everything sampled (the main thread: requests and background tasks).
 BUCKETS = (
-    ("request (all of it)", "__call__", "httpkit/context.py"),
+    ("requests (all of it)", "__call__", "httpkit/context.py"),
     ("route handler", "execute", "gateway/routes.py"),
     ("authentication", "_principal", "gateway/routes.py"),
     ("body read + decode", "_body", "gateway/routes.py"),
@@ -40,15 +40,16 @@ BUCKETS = (
     ("Redis quota call", "_run", "store/quotas.py"),
     ("response send", "send_wrapper", "httpkit/context.py"),
     ("access log line", "info", "logging/__init__.py"),
+    ("audit writer (background)", "_run", "gateway/audit.py"),
+    ("canonical JSON (rfc8785), anywhere", "dumps", "rfc8785/_impl.py"),
 )
 
 
-def breakdown(acc_total: dict[str, float]) -> dict[str, float]:
+def breakdown(acc_total: dict[str, float], whole: float) -> dict[str, float]:
     sums: dict[str, float] = {}
     for label, fn, suffix in BUCKETS:
         sums[label] = sum(t for ident, t in acc_total.items()
                           if ident.startswith(f"{fn} (") and f"{suffix}:" in ident)
-    whole = sums.get("request (all of it)") or 0.0
     return {k: round(v / whole, 3) for k, v in sums.items()} if whole else {}
 
 
@@ -75,7 +76,7 @@ def top_functions(session: Any, n: int = 15) -> dict[str, Any]:
         return out
 
     return {
-        "breakdown": breakdown(acc_total),
+        "breakdown": breakdown(acc_total, total),
         "duration_s": round(session.duration, 3),
         "samples": session.sample_count,
         "by_self": rows(acc_self),

@@ -87,16 +87,21 @@ def explain(results: dict[str, Any], key: str) -> str:
         b_cpu = _get(runs, "bastion", "16", "server_cpu_us_per_request")
         a_cpu = _get(runs, "baseline", "16", "server_cpu_us_per_request")
         bd = _get(results, "profile", "top", "breakdown") or {}
-        parts = ", ".join(f"{k} {v * 100:.0f}%" for k, v in bd.items() if k not in ("request (all of it)", "route handler"))
+        parts = ", ".join(f"{k} {v * 100:.0f}%" for k, v in bd.items() if k != "route handler")
+        audit = bd.get("audit writer (background)")
+        audit_text = (f"The audit writer alone (draining the decisions' events into PostgreSQL, hashing each "
+                      f"with RFC 8785 canonical JSON in pure Python) takes {audit * 100:.0f}% of the server's CPU; "
+                      if audit else "")
         return (
             f"The server spends {_f(b_cpu, 0)} us of CPU per decision request against the baseline's {_f(a_cpu, 0)} us "
             f"({_f(cpu)}x), so at best it reaches about 1/{_f(cpu, 1)} of the baseline's rate on the same core. "
-            f"By the profile ({parts}), the largest single cost is the Redis client (redis-py asyncio spends "
-            f"roughly 80-120 us of CPU per EVALSHA here, hiredis barely changes it), then the framework layers, "
-            f"the JSON access-log line and the response. What would close it: a leaner Redis path (a raw "
-            f"RESP connection per worker with pipelining of concurrent decisions, or batching quota spends), "
-            f"a cheaper access log (pre-built format, or sampling at high rates), and fewer middleware layers "
-            f"on the gateway routes (a plain ASGI route for /execute)."
+            f"Profile (share of the server's CPU): {parts}. {audit_text}"
+            f"the Redis client is the largest cost on the request path (redis-py asyncio spends roughly 80-120 us of "
+            f"CPU per EVALSHA here; hiredis barely changes it), then the framework layers, the JSON access-log line "
+            f"and the response. What would close it: a faster canonical JSON for audit hashing (or hashing in "
+            f"the writer's batch with a C serializer) and larger writer batches; a leaner Redis path (one raw RESP "
+            f"connection per worker pipelining concurrent decisions); a cheaper access log (pre-built format, or "
+            f"sampling at high rates); fewer middleware layers on the gateway routes (a plain ASGI route for /execute)."
         )
     if key == "inprocess_p50_us":
         ip = results.get("inprocess") or {}
@@ -291,8 +296,9 @@ def render_summary(r: dict[str, Any]) -> str:
         add("")
         bd = top.get("breakdown") or {}
         if bd:
-            add("Where a decision request's time goes (share of the whole request, children included): "
-                + "; ".join(f"{k} {v * 100:.0f}%" for k, v in bd.items() if k != "request (all of it)") + ".")
+            add("Where the server's CPU goes (share of all samples, callees included; the rows overlap: the "
+                "pipeline includes the Redis call, requests include all of the request rows): "
+                + "; ".join(f"{k} {v * 100:.0f}%" for k, v in bd.items()) + ".")
             add("")
         add("| top functions by own time | share |")
         add("|---|---|")
