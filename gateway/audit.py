@@ -273,6 +273,7 @@ class AuditSink:
         self._next_claim = 0.0
         self._next_prune = 0.0
         self._prepared = False
+        self._retry_pending = False  # a failed append left this consumer's entries pending
         self._engine: Any = None
         self._sessions: Any = runtime.sessions
         self.written = 0
@@ -411,6 +412,10 @@ class AuditSink:
                 if self.redis_mode:
                     if not self._prepared:
                         await self._prepare_stream()
+                    if self._retry_pending:
+                        # Our own pending entries first (in order), not in claim_idle seconds.
+                        await self._claim(min_idle_ms=int(self.claim_idle * 1000))
+                        self._retry_pending = False
                     await self._redis_round()
                 else:
                     await self._queue_round()
@@ -421,6 +426,7 @@ class AuditSink:
             except Exception as exc:
                 if "NOGROUP" in str(exc):  # the stream was deleted (FLUSHDB): create it again
                     self._prepared = False
+                self._retry_pending = True
                 log.exception("audit writer: round failed; retrying")
                 try:
                     await asyncio.wait_for(self._stopping.wait(), timeout=backoff)

@@ -56,12 +56,15 @@ async def test_database_unreachable(redis_server: RedisServer, bastion_factory: 
             r = await c.get("/readyz")
             assert r.status_code == 503 and r.json()["checks"]["database"] != "ok"
             # Safe: a loaded org, a cached key, an action that writes nothing to the database.
-            r = await c.post(EXECUTE, json=action_body("db-bot"), headers=agent_h)
-            assert r.status_code in (200, 503), r.text
-            if r.status_code == 200:
-                assert r.json()["decision"] == "allow"
-            else:
-                _unavailable(r)
+            during: list[str] = []  # decisions made while the database was away
+            for _ in range(5):
+                r = await c.post(EXECUTE, json=action_body("db-bot"), headers=agent_h)
+                assert r.status_code in (200, 503), r.text
+                if r.status_code == 200:
+                    assert r.json()["decision"] == "allow"
+                    during.append(r.json()["interaction_id"])
+                else:
+                    _unavailable(r)
             # Not safe: an escalation needs its approval written -> 503, never an escalate
             # without an approval, never an allow.
             r = await c.post(EXECUTE, json=action_body("db-bot", tool="stripe", type="refund"), headers=agent_h)
@@ -78,8 +81,26 @@ async def test_database_unreachable(redis_server: RedisServer, bastion_factory: 
             assert r.status_code == 503, r.text
             assert time.monotonic() - t0 < 5.0, "management API did not recover within 5 s"
             await asyncio.sleep(0.1)
+        r = await c.post(EXECUTE, json=action_body("db-bot"), headers=agent_h)
+        assert r.status_code == 200 and r.json()["decision"] == "allow", r.text
+        after = r.json()["interaction_id"]
         r = await c.post(EXECUTE, json=action_body("cold-bot"), headers=cold_h)
         assert r.status_code == 200 and r.json()["decision"] == "allow", r.text
+        # Decisions answered while the database was away reach the audit trail once it is back.
+        deadline = time.monotonic() + 15
+        while True:
+            r = await c.get(f"{base}/audit/events?kind=gateway.execute&limit=100", headers=owner)
+            assert r.status_code == 200, r.text
+            seen = {e.get("interaction_id") for e in r.json()["items"]}
+            if set(during) | {after} <= seen or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.25)
+        assert set(during) <= seen, f"{len(set(during) - seen)} decisions made during the outage were never audited"
+        # ... in the order they were made: before the decision made after the recovery.
+        seq = {e.get("interaction_id"): e["seq"] for e in r.json()["items"]}
+        assert all(seq[i] < seq[after] for i in during), "audit events of the outage were appended out of order"
+        r = await c.get(f"{base}/audit/verify", headers=owner)
+        assert r.status_code == 200 and r.json()["valid"] is True, r.text
         r = await c.post(EXECUTE, json=action_body("db-bot", tool="stripe", type="refund"), headers=agent_h)
         assert r.status_code == 200 and r.json()["decision"] == "escalate", r.text
     assert '"status": 500' not in server.log_text()

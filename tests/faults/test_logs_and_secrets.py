@@ -186,8 +186,6 @@ async def test_no_secret_in_clear_in_the_database_or_the_logs(module_server: Bas
     assert not found, found
 
 
-@pytest.mark.xfail(strict=True, reason="approvals.override_token keeps the override token in clear (the agent's "
-                   "poll endpoint reads it back); needs a design change in gateway/approvals.py (see the report)")
 async def test_override_token_is_not_stored_in_clear(module_server: BastionServer) -> None:
     if not OVERRIDE_SEEN:
         await test_no_secret_in_clear_in_the_database_or_the_logs(module_server)
