@@ -81,8 +81,8 @@ def _out(approval: Approval, now: datetime) -> ApprovalOut:
     return msgspec.convert(data, ApprovalOut)
 
 
-def _decided(approval: Approval, now: datetime) -> ApprovalDecided:
-    return msgspec.convert(wire(approval, now, include_token=True), ApprovalDecided)
+def _decided(approval: Approval, now: datetime, runtime: Runtime) -> ApprovalDecided:
+    return msgspec.convert(wire(approval, now, include_token=True, runtime=runtime), ApprovalDecided)
 
 
 def _free_text(c: Checker, field: str, value: str | None, max_len: int) -> None:
@@ -181,6 +181,7 @@ class ApprovalController(Controller):
                 approval_id=approval.id, org_id=org_id, uapk_id=approval.uapk_id, agent_id=approval.agent_id,
                 capability=approval.capability, params=params if isinstance(params, dict) else {},
                 amount=action.get("amount"), currency=action.get("currency"), ttl_seconds=ttl,
+                now=int(now.timestamp()),  # iat = decided_at: the poll endpoint re-signs the same token
             )
         except ValueError:
             # e.g. an integer beyond 2**53 in params: RFC 8785 cannot canonicalise it, so no
@@ -193,8 +194,7 @@ class ApprovalController(Controller):
         async with runtime.sessions() as session, session.begin():
             won = await repo.decide(
                 session, org_id, approval_id, to_status=repo.APPROVED, actor=caller.actor, now=now,
-                notes=body.notes, override_jti=jti, override_token=token,
-                override_expires_at=override_expires_at,
+                notes=body.notes, override_jti=jti, override_expires_at=override_expires_at,
             )
             if won:  # audited inside the transaction: a decision that cannot be audited is not made
                 await _audit(request, caller, "approval.approved", approval, {
@@ -204,7 +204,7 @@ class ApprovalController(Controller):
         approval = await _load(runtime, org_id, approval_id)
         if not won:
             raise _not_pending(approval, utcnow())
-        return _decided(approval, utcnow())
+        return _decided(approval, utcnow(), runtime)
 
     @post("/{approval_id:str}/deny", status_code=HTTP_200_OK, summary="Deny an escalated action")
     async def deny(

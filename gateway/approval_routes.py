@@ -54,7 +54,7 @@ async def agent_get_approval(request: Request[Any, Any, Any], approval_id: str) 
         approval = await repo.get(session, org_id, approval_id)
     if approval is None or (principal.uapk_ids is not None and approval.uapk_id not in principal.uapk_ids):
         raise NotFound()
-    out = wire(approval, utcnow(), include_token=True)
+    out = wire(approval, utcnow(), include_token=True, runtime=runtime)
     return msgspec.convert({k: out.get(k) for k in _AGENT_FIELDS}, AgentApprovalOut)
 
 

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from core.clock import isoformat, utcnow
-from gateway.overrides import action_hash
+from gateway.overrides import action_hash, issue_override
 from store import approvals as repo
 from store.models import Approval
 from store.runtime import Runtime
@@ -81,11 +81,38 @@ async def on_override_consumed(runtime: Runtime, org_id: str, approval_id: str, 
         log.exception("could not record override use", extra={"approval_id": approval_id})
 
 
-def wire(approval: Approval, now: datetime, *, include_token: bool) -> dict[str, Any]:
+def override_token_of(approval: Approval, runtime: Runtime) -> str | None:
+    """Re-create the approval's override token. It is never stored (a bearer secret at rest
+    is a secret to leak): approve signs it with ``iat = decided_at`` and a recorded ``jti``
+    and expiry, and Ed25519 being deterministic, signing the same claims again gives the same
+    token (or, after a key rotation, an equally valid one with the same single-use ``jti``)."""
+    if approval.override_jti is None or approval.override_expires_at is None or approval.decided_at is None:
+        return None
+    iat = int(approval.decided_at.timestamp())
+    ttl = int(approval.override_expires_at.timestamp()) - iat
+    if ttl <= 0:
+        return None
+    action = approval.action or {}
+    params = action.get("params")
+    try:
+        token, _, _ = issue_override(
+            runtime.keys, runtime.settings,
+            approval_id=approval.id, org_id=approval.org_id, uapk_id=approval.uapk_id, agent_id=approval.agent_id,
+            capability=approval.capability, params=params if isinstance(params, dict) else {},
+            amount=action.get("amount"), currency=action.get("currency"),
+            ttl_seconds=ttl, now=iat, jti=approval.override_jti,
+        )
+    except ValueError:
+        return None
+    return token
+
+
+def wire(approval: Approval, now: datetime, *, include_token: bool, runtime: Runtime | None = None) -> dict[str, Any]:
     """The approval as the API shows it (uppercase status; EXPIRED when pending past expiry).
 
     ``include_token``: the override token is shown to the agent (and in the approve
-    response), only while the approval is APPROVED and the token unused."""
+    response), only while the approval is APPROVED and the token unused (needs ``runtime``
+    to re-sign it)."""
     status = repo.effective_status(approval, now)
     out: dict[str, Any] = {
         "approval_id": approval.id,
@@ -107,5 +134,5 @@ def wire(approval: Approval, now: datetime, *, include_token: bool) -> dict[str,
     }
     if include_token:
         usable = status == repo.APPROVED and approval.override_used_at is None
-        out["override_token"] = approval.override_token if usable else None
+        out["override_token"] = override_token_of(approval, runtime) if usable and runtime is not None else None
     return out

@@ -90,13 +90,17 @@ def issue_override(
     currency: str | None,
     ttl_seconds: int | None = None,
     now: float | None = None,
+    jti: str | None = None,
 ) -> tuple[str, str, int]:
-    """Sign an override token for one approved action. Returns ``(token, jti, expires_at)``."""
+    """Sign an override token for one approved action. Returns ``(token, jti, expires_at)``.
+
+    Ed25519 signatures are deterministic: the same claims (``jti``, ``now``, ttl) and key give
+    the same token, which is how the agent's poll re-creates it without it ever being stored."""
     ttl = settings.override_token_ttl_seconds if ttl_seconds is None else int(ttl_seconds)
     if ttl <= 0:
         raise ValueError("ttl_seconds must be positive")
     issued = int(time.time() if now is None else now)
-    jti = uuid.uuid4().hex
+    jti = jti or uuid.uuid4().hex
     digest = action_hash(
         org_id=org_id, uapk_id=uapk_id, agent_id=agent_id, capability=capability,
         params=params, amount=amount, currency=currency,

@@ -123,7 +123,6 @@ async def decide(
     notes: str | None = None,
     reason: str | None = None,
     override_jti: str | None = None,
-    override_token: str | None = None,
     override_expires_at: datetime | None = None,
 ) -> bool:
     """Move a pending, unexpired approval to APPROVED or DENIED. False when it was not
@@ -138,7 +137,7 @@ async def decide(
         "reason": reason,
     }
     if to_status == APPROVED:
-        values.update(override_jti=override_jti, override_token=override_token, override_expires_at=override_expires_at)
+        values.update(override_jti=override_jti, override_expires_at=override_expires_at)
     result = await session.execute(
         update(Approval)
         .where(

@@ -134,7 +134,6 @@ class Approval(Base):
     notes: Mapped[str | None] = mapped_column(Text, nullable=True)
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     override_jti: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    override_token: Mapped[str | None] = mapped_column(Text, nullable=True)
     override_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     override_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
