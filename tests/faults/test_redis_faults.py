@@ -234,9 +234,6 @@ async def test_rate_limiter_storage_fails_fast_when_redis_is_down(
             await asyncio.sleep(0.1)
 
 
-@pytest.mark.xfail(strict=True, reason="single use of override tokens rests on the Redis marker alone: after a Redis "
-                   "restart without persistence a used token is accepted again within its lifetime, although the "
-                   "approval records override_used_at (gateway/service.py; see the report)")
 async def test_used_override_token_stays_used_after_redis_loses_its_data(
     redis_server: RedisServer, bastion_factory: Any
 ) -> None:
