@@ -43,6 +43,12 @@ def _operations(server: BastionServer) -> list[Any]:
 def test_every_operation_against_its_schema(module_server: BastionServer) -> None:
     server = module_server
     agent = setup_agent(server, "fuzz-bot")
+    import httpx
+
+    from tests.faults.procs import BOOT_EMAIL, BOOT_PASSWORD
+
+    r = httpx.post(f"{server.base_url}/api/v1/auth/login", json={"email": BOOT_EMAIL, "password": BOOT_PASSWORD})
+    session = {"Authorization": f"Bearer {r.json()['access_token']}"}
     ops = _operations(server)
     assert len(ops) >= 25, [op.label for op in ops]
     failures: list[str] = []
@@ -60,11 +66,13 @@ def test_every_operation_against_its_schema(module_server: BastionServer) -> Non
 
             @settings(max_examples=examples, deadline=None, database=None, derandomize=True,
                       suppress_health_check=list(HealthCheck), phases=[hypothesis.Phase.generate])
-            @given(case=strategy, pin=st.booleans())
-            def run(case: Any, pin: bool) -> None:
+            @given(case=strategy, pin=st.booleans(), as_user=st.booleans())
+            def run(case: Any, pin: bool, as_user: bool) -> None:
                 if pin and case.path_parameters and "org_id" in case.path_parameters:
                     case.path_parameters["org_id"] = server.org_id
-                response = case.call(base_url=server.base_url, headers={"X-API-Key": key}, timeout=30)
+                # The management API also takes the owner's session (some operations only it).
+                creds = session if as_user and key == server.owner_key else {"X-API-Key": key}
+                response = case.call(base_url=server.base_url, headers=creds, timeout=30)
                 try:
                     case.validate_response(response, checks=CHECKS)
                 except Exception as exc:
