@@ -16,7 +16,7 @@ import httpx
 
 from tests.faults.helpers import action_body, setup_agent
 from tests.faults.load import Recorder, Sample, closed_loop, pct
-from tests.faults.procs import BastionServer, rss_kib, sized
+from tests.faults.procs import BastionServer, json_lines, rss_kib, sized
 
 EXECUTE = "/api/v1/gateway/execute"
 
@@ -91,6 +91,7 @@ async def test_steady_load_no_errors_flat_memory(redis_server: Any, bastion_fact
     # 2. Half of it, steadily.
     duration = sized(15.0, 300.0)
     rec, rss = Recorder(), []
+    steady_from = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())  # the log's ts format, to the second
     await _open_loop(server, key, "load-bot", rate, duration, rec, rss)
     # Management reads alongside are covered by the mix's evaluate; add a few now to be sure
     # the whole server still answers.
@@ -116,10 +117,16 @@ async def test_steady_load_no_errors_flat_memory(redis_server: Any, bastion_fact
     assert decisions["allow"] > 0 and decisions["deny"] > 0
     assert final < baseline * 1.10, report
     if duration >= 120:  # soak only: p99 stable from the first minute to the last
-        t0 = min(s.started for s in rec.samples)
-        first = [s.latency for s in rec.samples if s.started - t0 < 60]
-        last = [s.latency for s in rec.samples if s.started - t0 >= duration - 60]
-        report["p99_first_min_ms"] = round(pct(first, 99) * 1000, 1)
-        report["p99_last_min_ms"] = round(pct(last, 99) * 1000, 1)
+        # Measured by the server itself (its access log), so that a load generator starved of
+        # CPU on a shared machine does not pass for a slower server.
+        durations = [(r["ts"], float(r["duration_ms"]) / 1000) for r in json_lines(server.log_text())
+                     if r.get("logger") == "bastion.access" and r.get("route", "").startswith("/api/v1/gateway/")
+                     and r["ts"] >= steady_from]
+        durations.sort()
+        n = len(durations)
+        first = [d for _, d in durations[: n * 60 // int(duration)]]
+        last = [d for _, d in durations[n - n * 60 // int(duration):]]
+        report["server_p99_first_min_ms"] = round(pct(first, 99) * 1000, 1)
+        report["server_p99_last_min_ms"] = round(pct(last, 99) * 1000, 1)
         print("soak p99:", report)
         assert pct(last, 99) <= 3 * max(pct(first, 99), 0.005), report
