@@ -41,8 +41,6 @@ def pg_proxy() -> Iterator[TcpProxy]:
         yield p
 
 
-def proxied(url: str, port: int) -> str:
-    return url.replace("127.0.0.1:5432", f"127.0.0.1:{port}")
 
 
 

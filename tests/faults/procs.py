@@ -229,6 +229,11 @@ class TcpProxy:
         self.close()
 
 
+def proxied(url: str, port: int) -> str:
+    """``url`` (a database on 127.0.0.1:5432) through a TcpProxy listening on ``port``."""
+    return url.replace("127.0.0.1:5432", f"127.0.0.1:{port}")
+
+
 # --- Bastion ------------------------------------------------------------------------------
 BOOT_EMAIL = "owner@acme.com"
 BOOT_PASSWORD = "owner-pass-123"

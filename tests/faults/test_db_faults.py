@@ -11,9 +11,8 @@ from typing import Any
 
 import httpx
 
-from tests.faults.conftest import proxied
 from tests.faults.helpers import action_body, manifest_doc, setup_agent
-from tests.faults.procs import BOOT_EMAIL, BOOT_PASSWORD, RedisServer, TcpProxy
+from tests.faults.procs import BOOT_EMAIL, BOOT_PASSWORD, RedisServer, TcpProxy, proxied
 
 EXECUTE = "/api/v1/gateway/execute"
 

@@ -13,7 +13,6 @@ import asyncio
 import json
 import socket
 import uuid
-from typing import Any
 
 import asyncpg
 import httpx

@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Any
 
 import hypothesis
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
