@@ -55,7 +55,7 @@ def source_from_rows(rows: gateway_state.OrgRows) -> OrgPolicySource:
                 require_capability_token=c.get("require_capability_token") is True,
             )
         )
-    # Org deny rules arrive with the policy-authoring issue; the compiled index already takes them.
+    # Org policy rules (policies/rules.py) are attached by store.policy_rules.with_rules in _load.
     return OrgPolicySource(rows.org_id, rows.version, tuple(manifests), ())
 
 
