@@ -319,9 +319,11 @@ class AuditSink:
 
             # Own pool for XADD: waits (briefly) for a free connection under a burst instead of
             # failing, and stays apart from the quota calls' pool.
+            # Timeouts as the quota calls' (store.runtime.make_redis): a decision or change whose
+            # event cannot be queued answers 503 within the fail-fast budget, not after 1-3 s.
             pool = BlockingConnectionPool.from_url(
-                self.redis_url, max_connections=64, timeout=2.0, socket_timeout=1.0,
-                socket_connect_timeout=1.0, retry_on_timeout=False, health_check_interval=0,
+                self.redis_url, max_connections=64, timeout=0.25, socket_timeout=0.25,
+                socket_connect_timeout=0.25, retry_on_timeout=False, health_check_interval=0,
             )
             self._writer_redis = Redis(connection_pool=pool, retry=None)
             self._owns_writer_redis = True

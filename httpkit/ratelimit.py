@@ -29,8 +29,9 @@ class OrgRateLimiter:
         self.enabled = settings.rate_limits_enabled
         storage: Storage
         if settings.redis_url:
+            # The same fail-fast timeouts as every Redis call on the request path (no retries).
             storage = RedisStorage("async+" + settings.redis_url, implementation="redispy",
-                                   socket_timeout=0.5, socket_connect_timeout=0.5)
+                                   socket_timeout=0.25, socket_connect_timeout=0.25)
         else:
             storage = MemoryStorage()
         self.storage = storage

@@ -315,3 +315,50 @@ async def test_quota_calls_fail_fast_under_concurrency_when_redis_freezes(redis_
                 await asyncio.sleep(0.05)
     finally:
         await redis.aclose()
+
+
+async def test_every_gateway_outcome_fails_fast_when_redis_freezes(
+    redis_server: RedisServer, bastion_factory: Any, record_property: Any
+) -> None:
+    """Not only allowed actions: a decision that denies before the quota step (its audit event
+    is then one XADD of its own), a dry run, an escalation and a management change all answer
+    503 within the fail-fast bound while Redis is frozen (measured by the server itself), and
+    none of them allows."""
+    import httpx
+
+    server = bastion_factory(redis_server.url())
+    agent = setup_agent(server, "mix-bot", human=["stripe:refund"])
+    calls = [
+        ("POST", EXECUTE, action_body("mix-bot", tool="crm", type="delete")),  # capability not granted
+        ("POST", EXECUTE, action_body("nobody-bot")),  # no such manifest
+        ("POST", "/api/v1/gateway/evaluate", action_body("mix-bot")),
+        ("POST", EXECUTE, action_body("mix-bot", tool="stripe", type="refund")),  # escalation
+        ("POST", EXECUTE, action_body("mix-bot")),
+    ]
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as c:
+        for method, url, body in calls:  # warm: state loaded, key cached
+            await c.request(method, url, json=body, headers={"X-API-Key": agent["agent_key"]})
+        redis_server.freeze()
+        try:
+            ids = []
+            for round_no in range(3):
+                for n, (method, url, body) in enumerate(calls):
+                    rid = f"fz-mix-{round_no}-{n}"
+                    ids.append(rid)
+                    r = await c.request(method, url, json=body,
+                                        headers={"X-API-Key": agent["agent_key"], "X-Request-ID": rid})
+                    assert r.status_code == 503, (url, body["action"], r.status_code, r.text)
+                    assert r.json()["code"] == "SERVICE_UNAVAILABLE" and r.headers.get("retry-after")
+                rid = f"fz-mix-{round_no}-mgmt"
+                ids.append(rid)
+                r = await c.post(f"/api/v1/orgs/{server.org_id}/api-keys", json={"name": "k", "role": "viewer"},
+                                 headers={"X-API-Key": server.owner_key, "X-Request-ID": rid})
+                assert r.status_code == 503, r.text
+        finally:
+            redis_server.thaw()
+    view = server_view(server)
+    served = {rid: view[rid][1] for rid in ids}
+    worst = max(served.values())
+    print(f"every outcome, Redis frozen: 503 within {worst * 1000:.0f} ms (server side)")
+    record_property("mixed_503_server_max_ms", round(worst * 1000, 1))
+    assert worst < FAIL_FAST_BOUND, {k: round(v * 1000) for k, v in served.items()}
