@@ -9,7 +9,9 @@ from typing import Any
 
 from core.clock import isoformat, utcnow
 from gateway.overrides import action_hash, issue_override
+from gateway.idsets import ExpiringIds
 from store import approvals as repo
+from store.changes import announce
 from store.models import Approval
 from store.runtime import Runtime
 
@@ -69,16 +71,29 @@ async def create_approval(
     return approval_id
 
 
-async def on_override_consumed(runtime: Runtime, org_id: str, approval_id: str, jti: str) -> None:
-    """Record ``override_used_at`` once the gateway's single-use marker accepted the token.
+async def on_override_consumed(
+    runtime: Runtime, org_id: str, approval_id: str, jti: str, expires_at: float | None = None
+) -> None:
+    """Record ``override_used_at`` once the gateway's single-use marker accepted the token,
+    and tell every process (``override_consumed``) so their ``UsedOverrides`` refuse it even
+    if Redis later loses its markers.
 
-    Called off the response path; the marker (not this row) is what enforces single use, so
-    a failure here is logged, never raised."""
+    Called off the response path; a failure here is logged, never raised (the Redis marker
+    and this process's own set already refuse a second use)."""
     try:
         async with runtime.sessions() as session, session.begin():
             await repo.mark_override_used(session, org_id, approval_id, jti, utcnow())
+        if expires_at is not None:
+            await announce(runtime.bus, "override_consumed", org_id, jti=jti, exp=expires_at)
     except Exception:  # pragma: no cover - logged for operators; the execute already happened
         log.exception("could not record override use", extra={"approval_id": approval_id})
+
+
+class UsedOverrides(ExpiringIds):
+    """Spent override-token ids, until they expire (see gateway.idsets)."""
+
+    def __init__(self) -> None:
+        super().__init__("override_consumed", repo.overrides_used_since)
 
 
 def override_token_of(approval: Approval, runtime: Runtime) -> str | None:

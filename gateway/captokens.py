@@ -14,18 +14,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-
-import jwt
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any
+
+import jwt
 
 from core.canonical import canonical_json
 from core.clock import utcnow
 from core.errors import FieldIssue, PermissionDenied, ValidationFailed
 from core.tokens import CAPABILITY_TYP, LEEWAY_SECONDS, TokenInvalid, sign, verify
+from gateway.idsets import ExpiringIds
 from policies.capabilities import covered_by_any, is_valid_pattern, matches_any
 from store import captokens as repo
 from store.changes import announce
@@ -156,42 +157,15 @@ def _claims(d: dict[str, Any], kid: str) -> CapClaims:
 
 
 # --- revocation --------------------------------------------------------------------------
-class RevocationList:
-    """jti -> expiry (epoch s) of revoked tokens still worth remembering."""
+class RevocationList(ExpiringIds):
+    """jti -> expiry of revoked capability tokens still worth remembering."""
 
     def __init__(self) -> None:
-        self._revoked: dict[str, float] = {}
-        self._since: datetime | None = None
+        super().__init__("capability_token_revoked", _revoked_loader)
 
-    def __contains__(self, jti: str) -> bool:
-        return jti in self._revoked
 
-    def add(self, jti: str, exp: float) -> None:
-        if exp > time.time() - LEEWAY_SECONDS:
-            self._revoked[jti] = exp
-
-    def prune(self) -> None:
-        # Kept until the token would have expired anyway (plus the verification leeway).
-        horizon = time.time() - LEEWAY_SECONDS
-        for jti in [j for j, e in self._revoked.items() if e < horizon]:
-            del self._revoked[jti]
-
-    async def refresh(self, runtime: Runtime) -> None:
-        """Catch up from SQL (start-up and periodically: a missed pub/sub message is healed)."""
-        now = utcnow()
-        since = self._since - timedelta(seconds=5) if self._since else None
-        async with runtime.sessions() as session:
-            rows = await repo.revoked_since(session, since, now)
-        for jti, exp, _ in rows:
-            self.add(jti, exp.timestamp())
-        self._since = now
-        self.prune()
-
-    async def on_change(self, message: dict[str, Any]) -> None:
-        if message.get("kind") == "capability_token_revoked":
-            jti, exp = message.get("jti"), message.get("exp")
-            if isinstance(jti, str) and isinstance(exp, (int, float)):
-                self.add(jti, float(exp))
+async def _revoked_loader(session: Any, since: datetime | None, now: datetime) -> list[tuple[str, datetime]]:
+    return [(jti, exp) for jti, exp, _ in await repo.revoked_since(session, since, now)]
 
 
 async def revoke(runtime: Runtime, org_id: str, token_id: str, by: str) -> Any:

@@ -126,8 +126,12 @@ class Pipeline:
         check_override: OverrideChecker | None = None,
         clock: Callable[[], float] = time.time,
         cap_verifier: Any = None,
+        used_overrides: Any = None,
     ):
         self.quotas = quotas
+        # gateway.approvals.UsedOverrides: spent jtis known without Redis (its markers can be
+        # lost in a restart without persistence; the database and the bus remember).
+        self.used_overrides = used_overrides if used_overrides is not None else frozenset()
         self.check_override = check_override
         self.clock = clock
         # gateway.captokens.CapabilityVerifier (in-memory: cached claims + revocation set).
@@ -214,6 +218,10 @@ class Pipeline:
                     str(getattr(verdict, "code", "override_token_invalid")),
                     str(getattr(verdict, "message", "The override token is not valid.")),
                     {"capability": cap}), rule=human_ref)
+            if verdict.jti in self.used_overrides:
+                return self._deny(d, "human_approval", Reason(
+                    OVERRIDE_TOKEN_ALREADY_USED, "The override token was already used.", {"capability": cap}),
+                    rule="override:single-use")
             d.override = verdict
             mark = OverrideMark(verdict.jti, int(verdict.expires_at))
             d.trace.append(Step("human_approval", "pass", "override token accepted", human_ref))

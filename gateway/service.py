@@ -54,8 +54,16 @@ class Gateway:
         self.audit = audit  # gateway.audit.AuditSink: one event per decision
         self.state = GatewayState(runtime, poll_interval=poll_interval)
         self.quotas = quotas or make_quota_backend(runtime)
-        self.pipeline = Pipeline(self.quotas, _override_checker(runtime), cap_verifier=cap_verifier)
+        from gateway.approvals import UsedOverrides
+
+        self.used_overrides = UsedOverrides()
+        runtime.bus.subscribe(self.used_overrides.on_change)
+        self.poll_interval = poll_interval
+        self.pipeline = Pipeline(
+            self.quotas, _override_checker(runtime), cap_verifier=cap_verifier, used_overrides=self.used_overrides
+        )
         self._background: set[asyncio.Task[Any]] = set()
+        self._used_poll: asyncio.Task[None] | None = None
         self.shadow = ShadowRecorder(runtime)  # shadow policy diffs, written off the response path
 
     async def start(self) -> None:
@@ -63,8 +71,24 @@ class Gateway:
         if prepare is not None:
             await prepare()
         await self.state.start()
+        await self.used_overrides.refresh(self.runtime)
+        if self.poll_interval > 0:
+            self._used_poll = asyncio.create_task(self._poll_used_overrides(), name="bastion-used-overrides")
+
+    async def _poll_used_overrides(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            try:
+                await self.used_overrides.refresh(self.runtime)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # database down: keep what we know, retry
+                log.warning("used-override catch-up failed: %s", type(exc).__name__)
 
     async def stop(self) -> None:
+        if self._used_poll is not None:
+            self._used_poll.cancel()
+            await asyncio.gather(self._used_poll, return_exceptions=True)
         await self.state.stop()
         await self.shadow.close()
         if self._background:
@@ -128,7 +152,9 @@ class Gateway:
                 key_id=key_id,
             )
         elif d.decision == "allow" and d.override_consumed and d.override is not None:
-            self._record_override_use(org_id, d.override.approval_id, d.override.jti)
+            # Refused at once by this process; by the others via the bus and the database.
+            self.used_overrides.add(d.override.jti, d.override.expires_at)
+            self._record_override_use(org_id, d.override.approval_id, d.override.jti, d.override.expires_at)
         body = ExecuteResponse(
             interaction_id=interaction_id,
             decision=d.decision,
@@ -141,10 +167,10 @@ class Gateway:
         )
         return body, d
 
-    def _record_override_use(self, org_id: str, approval_id: str, jti: str) -> None:
+    def _record_override_use(self, org_id: str, approval_id: str, jti: str, expires_at: float) -> None:
         from gateway.approvals import on_override_consumed
 
-        task = asyncio.create_task(on_override_consumed(self.runtime, org_id, approval_id, jti))
+        task = asyncio.create_task(on_override_consumed(self.runtime, org_id, approval_id, jti, expires_at))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 

@@ -166,3 +166,13 @@ async def mark_override_used(session: AsyncSession, org_id: str, approval_id: st
         .execution_options(synchronize_session=False)
     )
     return result.rowcount == 1  # type: ignore[attr-defined]
+
+
+async def overrides_used_since(session: AsyncSession, since: datetime | None, now: datetime) -> list[tuple[str, datetime]]:
+    """(jti, override_expires_at) of spent override tokens not yet expired, spent after ``since``."""
+    q = select(Approval.override_jti, Approval.override_expires_at).where(
+        Approval.override_used_at.is_not(None), Approval.override_expires_at > now, Approval.override_jti.is_not(None)
+    )
+    if since is not None:
+        q = q.where(Approval.override_used_at >= since)
+    return [(r[0], r[1]) for r in (await session.execute(q)).all()]
