@@ -302,3 +302,14 @@ async def test_policy_changes_are_audited(client: Any, org: Org) -> None:
     added = events[-1]
     assert added["actor"].startswith("api_key:") and added["details"]["version"] == 1
     assert added["details"]["rule"]["id"] == "x"
+
+
+async def test_concurrent_changes_get_distinct_versions(client: Any, org: Org) -> None:
+    import asyncio
+
+    rules = [{"id": f"c{i}", "subject": "*", "capability": f"crm:op{i}", "effect": "deny"} for i in range(6)]
+    results = await asyncio.gather(*(client.post(f"{base(org)}/rules", json=r, headers=org.headers) for r in rules))
+    assert [r.status_code for r in results] == [201] * 6, [r.text for r in results]
+    assert sorted(r.json()["version"] for r in results) == [1, 2, 3, 4, 5, 6]
+    live = (await client.get(f"{base(org)}/rules", headers=org.headers)).json()
+    assert live["version"] == 6 and sorted(r["id"] for r in live["rules"]) == [f"c{i}" for i in range(6)]
