@@ -237,9 +237,10 @@ async def test_rate_limiter_storage_fails_fast_when_redis_is_down(
 async def test_used_override_token_stays_used_after_redis_loses_its_data(
     redis_server: RedisServer, bastion_factory: Any
 ) -> None:
-    """The single-use marker of an override token lives in Redis. If Redis restarts without
-    persistence within the token's lifetime, the marker is gone: the token must still not be
-    accepted a second time (the use is also recorded on the approval)."""
+    """Regression (found by this suite, fixed in the gateway): the single-use marker of an
+    override token lives in Redis; if Redis restarts without persistence within the token's
+    lifetime the marker is gone, and the used token was accepted again. It must not be (the
+    use is also recorded on the approval, and every process remembers spent tokens)."""
     import httpx
 
     server = bastion_factory(redis_server.url())
