@@ -21,9 +21,10 @@ Fail closed: :meth:`AuditSink.record` raises ``ServiceUnavailable`` when the eve
 queued (Redis unreachable, queue full, sink stopped); callers must not answer "allow" then.
 
 Redis Cluster: the stream is one key, so a script that also touches the quota keys of an agent
-(hash tag ``{org:uapk}``) would cross slots. On a cluster, pass ``stream_key(org_id, uapk_id)``
-(the agent's own stream, same hash tag) and run the writer with ``streams=...`` listing them,
-or keep the audit XADD out of the quota script. Bastion targets a single Redis (or Sentinel).
+(hash tag ``{org:uapk}``) would cross slots. ``stream_key(org_id, uapk_id)`` names a per-agent
+stream with the same hash tag, but the writer reads only the single stream today: on a cluster,
+either teach the writer the per-agent streams or keep the audit XADD out of the quota script
+(``record``, one more round trip). Bastion targets a single Redis (or Sentinel).
 """
 from __future__ import annotations
 
