@@ -9,6 +9,10 @@ from typing import Any, Callable
 
 import httpx
 
+# Drop idle keep-alive connections well before the server does (uvicorn: 5 s), so a request is
+# never written to a connection the server is closing (a client-side race, not a server fault).
+KEEPALIVE = 1.0
+
 
 @dataclass(frozen=True, slots=True)
 class Sample:
@@ -76,7 +80,7 @@ async def closed_loop(
     """``concurrency`` workers send requests back to back until ``stop`` is set (or
     ``max_requests`` were sent in all). ``pause`` seconds between a worker's requests."""
     counter = [0]
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency, keepalive_expiry=KEEPALIVE)
     async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout, limits=limits) as client:
 
         async def worker() -> None:
@@ -108,7 +112,7 @@ async def fixed_rate(
     """Open loop: ``rate`` requests per second for ``duration`` seconds (bounded in count)."""
     total = int(rate * duration)
     slots = asyncio.Semaphore(max_in_flight)
-    limits = httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=max_in_flight)
+    limits = httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=max_in_flight, keepalive_expiry=KEEPALIVE)
     async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout, limits=limits) as client:
         start = time.monotonic()
         tasks = []

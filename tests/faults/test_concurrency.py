@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 from tests.faults.helpers import action_body, setup_agent
+from tests.faults.load import KEEPALIVE
 from tests.faults.procs import BastionServer, RedisServer, sized
 
 EXECUTE = "/api/v1/gateway/execute"
@@ -24,11 +25,11 @@ Replicas = tuple[BastionServer, BastionServer, RedisServer]
 
 
 async def _fan_out(servers: list[BastionServer], key: str, calls: list[tuple[str, str, Any]],
-                   concurrency: int) -> list[httpx.Response]:
+                   concurrency: int, tolerate_transport_errors: bool = False) -> list[Any]:
     """Send ``calls`` (method, url, json) round-robin over the replicas, ``concurrency`` at
     a time per replica; returns the responses in call order."""
     clients = [httpx.AsyncClient(base_url=s.base_url, headers={"X-API-Key": key}, timeout=60,
-                                 limits=httpx.Limits(max_connections=concurrency)) for s in servers]
+                                 limits=httpx.Limits(max_connections=concurrency, keepalive_expiry=KEEPALIVE)) for s in servers]
     slots = [asyncio.Semaphore(concurrency) for _ in servers]
 
     async def send(i: int, method: str, url: str, body: Any) -> httpx.Response:
@@ -37,7 +38,12 @@ async def _fan_out(servers: list[BastionServer], key: str, calls: list[tuple[str
             return await clients[k].request(method, url, json=body)
 
     try:
-        return list(await asyncio.gather(*(send(i, m, u, b) for i, (m, u, b) in enumerate(calls))))
+        out = await asyncio.gather(*(send(i, m, u, b) for i, (m, u, b) in enumerate(calls)),
+                                   return_exceptions=tolerate_transport_errors)
+        for r in out:
+            if isinstance(r, BaseException) and not isinstance(r, httpx.TransportError):
+                raise r
+        return list(out)
     finally:
         for c in clients:
             await c.aclose()
@@ -64,15 +70,20 @@ async def test_quotas_never_over_admit_across_replicas(replicas: Replicas) -> No
     results = {}
     for agent in (hourly, daily):
         calls = [("POST", EXECUTE, action_body(agent["uapk_id"]))] * n
-        results[agent["uapk_id"]] = await _fan_out([a, b], agent["agent_key"], calls, concurrency=sized(16, 32))
+        results[agent["uapk_id"]] = await _fan_out([a, b], agent["agent_key"], calls, concurrency=sized(16, 32),
+                                                   tolerate_transport_errors=True)
 
-    hour = _decisions(results["hourly-bot"])
-    assert hour == Counter({"allow": limit, "deny": n - limit}), hour
-    assert _reason_codes(results["hourly-bot"], "deny") == Counter({"hourly_budget_exceeded": n - limit})
-    day = _decisions(results["daily-bot"])
-    assert day == Counter({"allow": limit, "deny": n - limit}), day
-    assert _reason_codes(results["daily-bot"], "deny") == Counter({"budget_exceeded": n - limit})
-
+    # A request the load generator lost in transit (a connection dropped under load) has an
+    # unknown outcome: it may have been allowed. The quota is judged by the counter itself
+    # (exactly the limit) and by every answer we did get (never more allows than the limit).
+    for uapk, code in (("hourly-bot", "hourly_budget_exceeded"), ("daily-bot", "budget_exceeded")):
+        answered = [r for r in results[uapk] if isinstance(r, httpx.Response)]
+        lost = n - len(answered)
+        assert lost <= n // 100, f"{lost} of {n} requests got no answer"
+        got = _decisions(answered)
+        assert got["allow"] <= limit <= got["allow"] + lost, (uapk, got, lost)
+        assert got["deny"] == len(answered) - got["allow"], got
+        assert _reason_codes(answered, "deny") == Counter({code: got["deny"]})
     c = redis.client()
     try:
         for uapk in ("hourly-bot", "daily-bot"):

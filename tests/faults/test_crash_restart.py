@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 from tests.faults.helpers import action_body, setup_agent
+from tests.faults.load import KEEPALIVE
 from tests.faults.procs import RedisServer, sized
 from tests.faults.test_redis_faults import quota_used
 
@@ -107,7 +108,7 @@ async def test_sigkill_mid_load_loses_no_acknowledged_write(redis_server: RedisS
             await asyncio.sleep(0.02)
 
     async with httpx.AsyncClient(base_url=server.base_url, timeout=30,
-                                 limits=httpx.Limits(max_connections=16)) as c:
+                                 limits=httpx.Limits(max_connections=16, keepalive_expiry=KEEPALIVE)) as c:
         half = len(pending) // 2
         tasks = [asyncio.create_task(executes(c)) for _ in range(6)]
         tasks += [asyncio.create_task(decisions(c, pending[:half])), asyncio.create_task(decisions(c, pending[half:]))]

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 
 from tests.faults.helpers import action_body, setup_agent
-from tests.faults.load import Recorder, Sample, closed_loop, pct
+from tests.faults.load import KEEPALIVE, Recorder, Sample, closed_loop, pct
 from tests.faults.procs import BastionServer, json_lines, rss_kib, sized
 
 EXECUTE = "/api/v1/gateway/execute"
@@ -38,7 +38,7 @@ async def _open_loop(server: BastionServer, key: str, agent: str, rate: float, d
     mix = _mix(agent)
     total = int(rate * duration)
     slots = asyncio.Semaphore(64)
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64, keepalive_expiry=KEEPALIVE)
     async with httpx.AsyncClient(base_url=server.base_url, headers={"X-API-Key": key}, timeout=30, limits=limits) as c:
         start = time.monotonic()
         tasks = []
