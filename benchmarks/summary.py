@@ -79,8 +79,8 @@ def explain(results: dict[str, Any], key: str) -> str:
             f"15 other requests, not the cost of one decision; p99 ({_f(p99)} ms) adds scheduling noise "
             f"(Redis, PostgreSQL and other processes share the machine). Even the do-nothing baseline "
             f"has p99 {_f(_get(base, 'latency_ms', 'p99'))} ms here. p99 <= 5 ms at 16 connections needs roughly "
-            f"16 / 4 ms = 4,000+ req/s per core: cut per-request CPU (see the profile: framework "
-            f"layers, the access log line, JSON encoding of the trace) or add cores/workers."
+            f"16 / 4 ms = 4,000+ req/s per core: cut per-request CPU (see the profile: the audit writer "
+            f"and its canonical JSON, the Redis client, the framework layers, the access log line) or add cores."
         )
     if key == "throughput_vs_baseline":
         cpu = _get(runs, "ratio_cpu_per_request", "16")
@@ -248,7 +248,8 @@ def render_summary(r: dict[str, Any]) -> str:
             f"PostgreSQL: the statements in the bench database's log, and xact_commit + xact_rollback. Both corrected "
             f"by an idle window of {rt.get('idle_window_s')} s (background there: "
             f"{_f(_get(rt, 'idle', 'sql_transactions'))} SQL transactions, {_f(_get(rt, 'idle', 'redis', 'commands'))} "
-            f"Redis commands: the gateway's 2 s version poll, the token revocation catch-up, the audit writer's reads).")
+            f"Redis commands: the gateway's 2 s version poll, the 2 s catch-ups of revoked tokens and spent override "
+            f"tokens, the audit writer's reads).")
         add("")
         add("| class | decisions | Redis round trips, request path | + audit writer | Redis commands (incl. inside Lua) | commands |")
         add("|---|---|---|---|---|---|")
