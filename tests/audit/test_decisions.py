@@ -84,11 +84,10 @@ async def test_concurrent_decisions_one_chain(client: Any, org: Any) -> None:
     assert r.json()["valid"] is True
 
 
+@pytest.mark.parametrize("backend", ["postgres"])  # one backend is what this tests
 async def test_redis_round_trips_per_decision_do_not_grow(backend: str, client: Any, org: Any) -> None:
     """An execute that reaches the quota step makes one Redis round trip (the quota script,
     which also XADDs the audit event) — with the audit trail on."""
-    if backend == "sqlite":
-        pytest.skip("Redis mode")
     runtime = client.app.state.runtime
     sink = client.app.state.audit
     await add_manifest(runtime, org.org_id, "support-bot", max_per_hour=100, max_per_day=100)
@@ -121,11 +120,10 @@ async def test_redis_round_trips_per_decision_do_not_grow(backend: str, client: 
     assert len(events) == 4
 
 
+@pytest.mark.parametrize("backend", ["postgres"])  # one backend is what this tests
 async def test_sigkill_right_after_answering_loses_no_event(backend: str, pg_url: str, redis_url: str, tmp_path: Path) -> None:
     """A real ``bastion serve`` killed with SIGKILL just after answering: every answered
     decision is in the audit trail after a restart, exactly once."""
-    if backend == "sqlite":
-        pytest.skip("Redis mode (the embedded queue is in-process by design)")
     from tests.faults.helpers import action_body, setup_agent
     from tests.faults.procs import BastionServer
 

@@ -45,7 +45,17 @@ async def test_params_only_hashed_by_default(settings_factory: Any) -> None:
 
 async def test_thousand_concurrent_appends_make_one_chain(settings_factory: Any) -> None:
     async with running_sink(settings_factory(audit_checkpoint_every=100), batch_size=64) as (runtime, sink):
-        await asyncio.gather(*(sink.record(event(ORG, i)) for i in range(1000)))
+        async def record(i: int) -> None:
+            # A burst may be shed with 503 (no free Redis connection within the fail-fast budget
+            # on a busy machine): retry like a client. The property is one gap-free chain.
+            for _ in range(50):
+                try:
+                    return await sink.record(event(ORG, i))
+                except ServiceUnavailable:
+                    await asyncio.sleep(0.05)
+            raise AssertionError("audit trail unavailable for 50 retries")
+
+        await asyncio.gather(*(record(i) for i in range(1000)))
         await sink.flush()
         stored = await rows(runtime, ORG)
         assert [r.seq for r in stored] == list(range(1, 1001))
@@ -56,10 +66,9 @@ async def test_thousand_concurrent_appends_make_one_chain(settings_factory: Any)
         assert cps[:10] == [100, 200, 300, 400, 500, 600, 700, 800, 900, 1000]
 
 
+@pytest.mark.parametrize("backend", ["postgres"])  # one backend is what this tests
 async def test_two_writers_in_parallel_do_not_fork_the_chain(backend: str, settings_factory: Any) -> None:
     """Two processes' writers (own engines, own queues or consumers) append to one org."""
-    if backend == "sqlite":
-        pytest.skip("one SQLite file is one writer; the PostgreSQL row lock is what this tests")
     for redis_url in (None, settings_factory().redis_url):
         org = f"org-{redis_url is None}"
         settings = settings_factory(redis_url=redis_url)
@@ -109,9 +118,8 @@ async def test_record_fails_closed_when_it_cannot_queue(settings_factory: Any) -
         await sink.start()
 
 
+@pytest.mark.parametrize("backend", ["postgres"])  # one backend is what this tests
 async def test_record_fails_closed_when_redis_is_unreachable(backend: str, settings_factory: Any) -> None:
-    if backend == "sqlite":
-        pytest.skip("Redis mode")
     async with running_sink(settings_factory()) as (runtime, sink):
         from store.runtime import make_redis
 
@@ -125,9 +133,8 @@ async def test_record_fails_closed_when_redis_is_unreachable(backend: str, setti
             sink._writer_redis = real
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])  # one backend is what this tests
 async def test_embedded_queue_full_fails_closed(backend: str, settings_factory: Any) -> None:
-    if backend != "sqlite":
-        pytest.skip("embedded mode")
     async with running_sink(settings_factory(), max_queue=2) as (runtime, sink):
         await sink.kill()  # no writer draining
         sink._accepting = True
@@ -140,10 +147,9 @@ async def test_embedded_queue_full_fails_closed(backend: str, settings_factory: 
         assert len(await rows(runtime, ORG)) == 2
 
 
+@pytest.mark.parametrize("backend", ["postgres"])  # one backend is what this tests
 async def test_entries_left_by_a_dead_writer_are_written_on_restart(backend: str, settings_factory: Any) -> None:
     """Events XADDed and read by a writer that died before XACK: the next writer writes them."""
-    if backend == "sqlite":
-        pytest.skip("Redis mode")
     from gateway.audit import FIELD, GROUP, STREAM, encode
     from redis.asyncio import Redis
 
