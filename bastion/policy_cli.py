@@ -153,6 +153,21 @@ def cmd_export(args: argparse.Namespace, settings_loader: Any) -> int:
     return 0
 
 
+def _cli_audit(runtime: Any, org_id: str, author: str) -> Any:
+    """Without a server there is no audit writer: append the change's event to the org's chain
+    directly, in the change's own transaction (the chain's head row serializes writers)."""
+    from gateway.audit import build_event
+    from store import audit as audit_repo
+
+    async def hook(kind: str, details: dict[str, Any], session: Any) -> None:
+        s = runtime.settings
+        event = audit_repo.normalize(build_event(org_id=org_id, kind=kind, actor=f"cli:{author}", details=details))
+        await audit_repo.append_events(session, org_id, [event], keys=runtime.keys, issuer=s.issuer,
+                                       checkpoint_every=s.audit_checkpoint_every)
+
+    return hook
+
+
 def cmd_import(args: argparse.Namespace, settings_loader: Any) -> int:
     from store import policy_rules
 
@@ -162,10 +177,11 @@ def cmd_import(args: argparse.Namespace, settings_loader: Any) -> int:
         return _fail(_issues(exc))
 
     async def fn(runtime: Any, org_id: str) -> int:
+        audit = _cli_audit(runtime, org_id, args.author)
         if args.shadow:
-            return await policy_rules.deploy_shadow(runtime, org_id, rules, args.author)  # type: ignore[no-any-return]
+            return await policy_rules.deploy_shadow(runtime, org_id, rules, args.author, audit)  # type: ignore[no-any-return]
         return await policy_rules.replace_rules(  # type: ignore[no-any-return]
-            runtime, org_id, rules, args.author, f"import {Path(args.file).name}"[:200])
+            runtime, org_id, rules, args.author, f"import {Path(args.file).name}"[:200], audit)
 
     try:
         version = asyncio.run(_with_org(settings_loader(), args.org, fn))

@@ -165,7 +165,8 @@ async def _publish(session: AsyncSession, org_id: str, rules: list[Rule], change
     return version
 
 
-Audit = Callable[[str, dict[str, Any]], Awaitable[None]]
+# (kind, details, session): runs inside the change's transaction, before the commit.
+Audit = Callable[[str, dict[str, Any], AsyncSession], Awaitable[None]]
 
 
 async def _change(runtime: Any, org_id: str, fn: Any, audit: Audit | None) -> Any:
@@ -177,7 +178,7 @@ async def _change(runtime: Any, org_id: str, fn: Any, audit: Audit | None) -> An
             state_version = await bump_org_version(session, org_id)  # first: serializes writers (PG row lock)
             result, kind, details = await fn(session)
             if audit is not None:
-                await audit(kind, details)
+                await audit(kind, details, session)
     await announce(runtime.bus, "policy", org_id, state_version)
     return result
 

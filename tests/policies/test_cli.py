@@ -176,3 +176,34 @@ def test_import_export_and_test_against_an_org(settings: Any, monkeypatch: pytes
     assert main(["policy", "import", str(empty), "--org", "acme", "--shadow"]) == 0
     assert json.loads(capsys.readouterr().out)["shadow_version"] == 1
     assert [v.version for v in asyncio.run(_versions(settings, org_id))] == [2, 1]
+
+
+async def _audit_of(settings: Any, org_id: str) -> tuple[list[Any], Any]:
+    from store import audit as audit_repo
+    from store.runtime import Runtime
+
+    runtime = Runtime.build(settings)
+    try:
+        async with runtime.sessions() as session:
+            rows, _ = await audit_repo.list_events(session, org_id, audit_repo.EventFilter(), 100, 0)
+        return rows, await audit_repo.verify_org(runtime.sessions, org_id, runtime.keys)
+    finally:
+        await runtime.close()
+
+
+def test_a_cli_import_is_audited_in_the_chain(settings: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """Every policy version is an audit event, also when made by `bastion policy import`
+    (no server, so no audit writer: the CLI appends to the chain itself)."""
+    _env(monkeypatch, settings)
+    org_id = asyncio.run(_bootstrap_with_manifest(settings))
+    rules_file = tmp_path / "rules.yaml"
+    shutil.copy(DEFAULT_RULES, rules_file)
+    assert main(["policy", "import", str(rules_file), "--org", "acme", "--author", "alice"]) == 0
+    assert main(["policy", "import", str(rules_file), "--org", "acme", "--shadow"]) == 0
+    capsys.readouterr()
+    rows, verdict = asyncio.run(_audit_of(settings, org_id))
+    kinds = sorted(r.kind for r in rows if r.kind.startswith("policy."))
+    assert kinds == ["policy.replaced", "policy.shadow_deployed"], kinds
+    assert all(r.actor.startswith("cli:") for r in rows if r.kind.startswith("policy."))
+    assert verdict.valid, verdict
