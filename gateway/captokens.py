@@ -25,6 +25,7 @@ import jwt
 from core.canonical import canonical_json
 from core.clock import utcnow
 from core.errors import FieldIssue, PermissionDenied, ValidationFailed
+from core.tasks import cancel, every
 from core.tokens import CAPABILITY_TYP, LEEWAY_SECONDS, TokenInvalid, sign, verify
 from gateway.idsets import ExpiringIds
 from policies.capabilities import covered_by_any, is_valid_pattern, matches_any
@@ -282,23 +283,12 @@ class TokenService:
 
     async def start(self) -> None:
         await self.revocations.refresh(self.runtime)
-        self._task = asyncio.create_task(self._poll(), name="bastion-captoken-revocations")
+        self._task = every(self.POLL_SECONDS, self._catch_up, name="bastion-captoken-revocations", log=log,
+                           what="revocation catch-up")
 
-    async def _poll(self) -> None:
-        while True:
-            await asyncio.sleep(self.POLL_SECONDS)
-            try:
-                await self.revocations.refresh(self.runtime)
-                self.runtime.keys.reload_if_changed()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # database down: keep the list we have, retry
-                log.warning("revocation catch-up failed: %s", type(exc).__name__)
+    async def _catch_up(self) -> None:
+        self.runtime.keys.reload_if_changed()  # bastion keys rotate/retire by another process
+        await self.revocations.refresh(self.runtime)  # database down: keep the list we have
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel(self._task)

@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 
 from core.clock import isoformat
+from core.tasks import cancel, every
 from gateway.audit import DecisionRecorder
 from gateway.pipeline import Decision, Pipeline, required_capability
 from gateway.shadow import ShadowRecorder
@@ -73,22 +74,11 @@ class Gateway:
         await self.state.start()
         await self.used_overrides.refresh(self.runtime)
         if self.poll_interval > 0:
-            self._used_poll = asyncio.create_task(self._poll_used_overrides(), name="bastion-used-overrides")
-
-    async def _poll_used_overrides(self) -> None:
-        while True:
-            await asyncio.sleep(self.poll_interval)
-            try:
-                await self.used_overrides.refresh(self.runtime)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # database down: keep what we know, retry
-                log.warning("used-override catch-up failed: %s", type(exc).__name__)
+            self._used_poll = every(self.poll_interval, lambda: self.used_overrides.refresh(self.runtime),
+                                    name="bastion-used-overrides", log=log, what="used-override catch-up")
 
     async def stop(self) -> None:
-        if self._used_poll is not None:
-            self._used_poll.cancel()
-            await asyncio.gather(self._used_poll, return_exceptions=True)
+        await cancel(self._used_poll)
         await self.state.stop()
         await self.shadow.close()
         if self._background:

@@ -20,6 +20,7 @@ from typing import Any
 import msgspec
 
 from core.clock import utcnow
+from core.tasks import cancel
 from gateway.pipeline import Decision, Pipeline
 from policies.compile import CompiledOrg
 from store import policy_rules
@@ -132,11 +133,6 @@ class ShadowRecorder:
             return len(rows)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
-            self._task = None
+        await cancel(self._task)
+        self._task = None
         await self.flush()

@@ -20,6 +20,7 @@ import logging
 from typing import Any
 
 from core.settings import Settings
+from core.tasks import cancel
 from policies.compile import CompiledOrg, ManifestSnapshot, OrgPolicySource, compile_org
 from store import gateway_state, policy_rules
 from store.runtime import Runtime
@@ -164,10 +165,5 @@ class GatewayState:
             self._task = asyncio.create_task(self._poll_forever(), name="bastion-gateway-poll")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
-            self._task = None
+        await cancel(self._task)
+        self._task = None

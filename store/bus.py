@@ -14,6 +14,8 @@ from typing import Any, Awaitable, Callable
 
 from redis.asyncio import Redis
 
+from core.tasks import cancel
+
 log = logging.getLogger("bastion.bus")
 
 CHANNEL = "bastion:changes"
@@ -86,9 +88,4 @@ class RedisChangeBus(ChangeBus):
                 await asyncio.sleep(0.5)
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel(self._task)
