@@ -16,7 +16,7 @@ from litestar.status_codes import HTTP_200_OK
 from api.validation import Checker, has_control_chars
 from core.clock import isoformat, utcnow
 from core.errors import Conflict, NotFound, Unprocessable
-from gateway.approvals import wire
+from gateway.approvals import ApprovalBase, wire
 from gateway.overrides import issue_override
 from httpkit.auth import Caller, admit
 from httpkit.pagination import page_params
@@ -44,17 +44,7 @@ class DenyRequest(Strict):
     notes: str | None = None
 
 
-class ApprovalOut(msgspec.Struct):
-    approval_id: str
-    status: str
-    uapk_id: str
-    agent_id: str
-    capability: str
-    action: dict[str, Any]
-    reasons: list[dict[str, Any]]
-    interaction_id: str
-    created_at: str
-    expires_at: str
+class ApprovalOut(ApprovalBase):
     decided_by: str | None = None
     decided_at: str | None = None
     notes: str | None = None

@@ -12,26 +12,16 @@ from litestar import Request, get
 
 from core.clock import utcnow
 from core.errors import AuthenticationRequired, NotFound
-from gateway.approvals import wire
+from gateway.approvals import ApprovalBase, wire
 from httpkit.auth import authenticator, rate_limit
 from store import approvals as repo
 from store.runtime import Runtime
 
 
-class AgentApprovalOut(msgspec.Struct):
-    """What the agent sees: no approver identity or internal notes. ``status`` is one of
-    PENDING, APPROVED, DENIED, EXPIRED; ``override_token`` is set while APPROVED and unused."""
+class AgentApprovalOut(ApprovalBase):
+    """What the agent sees: no approver identity or internal notes. ``override_token`` is set
+    while APPROVED and unused."""
 
-    approval_id: str
-    status: str
-    uapk_id: str
-    agent_id: str
-    capability: str
-    action: dict[str, Any]
-    reasons: list[dict[str, Any]]
-    interaction_id: str
-    created_at: str
-    expires_at: str
     decided_at: str | None
     reason: str | None
     override_token: str | None

@@ -7,6 +7,8 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
+import msgspec
+
 from core.clock import isoformat, utcnow
 from gateway.overrides import action_hash, issue_override
 from gateway.idsets import ExpiringIds
@@ -87,6 +89,21 @@ async def on_override_consumed(
             await announce(runtime.bus, "override_consumed", org_id, jti=jti, exp=expires_at)
     except Exception:  # pragma: no cover - logged for operators; the execute already happened
         log.exception("could not record override use", extra={"approval_id": approval_id})
+
+
+class ApprovalBase(msgspec.Struct):
+    """The fields every view of an approval shows (the approvers' and the agent's)."""
+
+    approval_id: str
+    status: str  # PENDING, APPROVED, DENIED, EXPIRED
+    uapk_id: str
+    agent_id: str
+    capability: str
+    action: dict[str, Any]
+    reasons: list[dict[str, Any]]
+    interaction_id: str
+    created_at: str
+    expires_at: str
 
 
 class UsedOverrides(ExpiringIds):
