@@ -111,6 +111,9 @@ class Settings:
     data_dir: Path = Path("./data")
     database_url: str = ""
     redis_url: str | None = None
+    # Every Redis call on a request path (quotas, audit hand-over, rate limits) gives up after
+    # this long and answers 503: a frozen Redis must fail closed fast, not stall requests.
+    redis_timeout_ms: int = 250
     # Request body caps (bytes).
     gateway_max_body: int = 64 * 1024
     api_max_body: int = 1024 * 1024
@@ -166,6 +169,7 @@ _SPEC: dict[str, tuple[str, Callable[[str], object]]] = {
     "BASTION_DATA_DIR": ("data_dir", _path("BASTION_DATA_DIR")),
     "BASTION_DATABASE_URL": ("database_url", _db_url("BASTION_DATABASE_URL")),
     "BASTION_REDIS_URL": ("redis_url", _redis_url("BASTION_REDIS_URL")),
+    "BASTION_REDIS_TIMEOUT_MS": ("redis_timeout_ms", _int("BASTION_REDIS_TIMEOUT_MS", 10, 30_000)),
     "BASTION_GATEWAY_MAX_BODY": ("gateway_max_body", _int("BASTION_GATEWAY_MAX_BODY", 1024, 16 << 20)),
     "BASTION_API_MAX_BODY": ("api_max_body", _int("BASTION_API_MAX_BODY", 1024, 64 << 20)),
     "BASTION_RATE_STANDARD_PER_MINUTE": ("rate_standard_per_minute", _int("BASTION_RATE_STANDARD_PER_MINUTE", 1, 10**7)),

@@ -323,8 +323,10 @@ class AuditSink:
             # Timeouts as the quota calls' (store.runtime.make_redis): a decision or change whose
             # event cannot be queued answers 503 within the fail-fast budget, not after 1-3 s.
             pool = BlockingConnectionPool.from_url(
-                self.redis_url, max_connections=64, timeout=0.25, socket_timeout=0.25,
-                socket_connect_timeout=0.25, retry_on_timeout=False, health_check_interval=0,
+                self.redis_url, max_connections=64, timeout=self.settings.redis_timeout_ms / 1000,
+                socket_timeout=self.settings.redis_timeout_ms / 1000,
+                socket_connect_timeout=self.settings.redis_timeout_ms / 1000, retry_on_timeout=False,
+                health_check_interval=0,
             )
             self._writer_redis = Redis(connection_pool=pool, retry=None)
             self._owns_writer_redis = True

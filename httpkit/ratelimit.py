@@ -31,7 +31,8 @@ class OrgRateLimiter:
         if settings.redis_url:
             # The same fail-fast timeouts as every Redis call on the request path (no retries).
             storage = RedisStorage("async+" + settings.redis_url, implementation="redispy",
-                                   socket_timeout=0.25, socket_connect_timeout=0.25)
+                                   socket_timeout=settings.redis_timeout_ms / 1000,
+                                   socket_connect_timeout=settings.redis_timeout_ms / 1000)
         else:
             storage = MemoryStorage()
         self.storage = storage

@@ -14,12 +14,12 @@ from store.db import make_engine, make_sessionmaker
 from store.keystore import KeyStore, load_pepper
 
 
-def make_redis(url: str) -> Redis:
+def make_redis(url: str, timeout: float = 0.25) -> Redis:
     # Bounded timeouts and no retries: a frozen Redis must turn into a fast 503, not a 5 s stall.
     return Redis.from_url(
         url,
-        socket_timeout=0.25,
-        socket_connect_timeout=0.25,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
         retry_on_timeout=False,
         retry=None,
         health_check_interval=0,
@@ -44,7 +44,7 @@ class Runtime:
         key_path = Path(settings.signing_key_file) if settings.signing_key_file else settings.data_dir / "signing-keys.json"
         keys = KeyStore.load_or_create(key_path)
         pepper = load_pepper(settings.data_dir, settings.api_key_pepper)
-        redis = make_redis(settings.redis_url) if settings.redis_url else None
+        redis = make_redis(settings.redis_url, settings.redis_timeout_ms / 1000) if settings.redis_url else None
         bus: ChangeBus = ChangeBus()
         if settings.redis_url:
             sub = make_pubsub_redis(settings.redis_url)
