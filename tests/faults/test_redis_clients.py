@@ -21,6 +21,20 @@ def redis_url(redis_server: Any) -> str:
     return redis_server.url()  # a private Redis (tests/faults/conftest.py)
 
 
+@pytest.fixture
+def settings(settings_factory: Any) -> Any:
+    from core.settings import Settings
+
+    # The production default (the suite's other in-process apps get a longer one).
+    return settings_factory(redis_timeout_ms=Settings.redis_timeout_ms)
+
+
+def test_the_production_default_is_the_budget() -> None:
+    from core.settings import load_settings
+
+    assert load_settings(env={}).redis_timeout_ms / 1000 == BUDGET
+
+
 def _check(name: str, redis: Any) -> None:
     kwargs = redis.connection_pool.connection_kwargs
     assert kwargs.get("socket_timeout") is not None and kwargs["socket_timeout"] <= BUDGET, (name, kwargs)
