@@ -30,7 +30,8 @@ async def test_new_version_reaches_another_process_within_a_second(pg_url: str, 
     from core.settings import load_settings
     from tests.conftest import bootstrap_org
 
-    settings = load_settings(env={}, database_url=pg_url, redis_url=redis_url, data_dir=tmp_path / "data")
+    settings = load_settings(env={}, database_url=pg_url, redis_url=redis_url, data_dir=tmp_path / "data",
+                             redis_timeout_ms=2000)  # as tests/conftest.py: in-process apps on a busy CI machine
     async with serve_app(create_app(settings)) as first, serve_app(create_app(settings)) as second:
         org = await bootstrap_org(first.app)
         await add_manifest(first.app.state.runtime, org.org_id, "support-bot", approved=["crm:*"], team="support")
@@ -75,7 +76,8 @@ async def test_decisions_never_mix_old_and_new_rules(pg_url: str, redis_url: str
     from core.settings import load_settings
     from tests.conftest import bootstrap_org
 
-    settings = load_settings(env={}, database_url=pg_url, redis_url=redis_url, data_dir=tmp_path / "data")
+    settings = load_settings(env={}, database_url=pg_url, redis_url=redis_url, data_dir=tmp_path / "data",
+                             redis_timeout_ms=2000)  # as tests/conftest.py: in-process apps on a busy CI machine
     async with serve_app(create_app(settings)) as first, serve_app(create_app(settings)) as second:
         org = await bootstrap_org(first.app)
         await add_manifest(first.app.state.runtime, org.org_id, "support-bot", approved=["crm:*"], team="support")

@@ -304,7 +304,8 @@ async def test_revocation_reaches_another_process_within_a_second(pg_url: str, r
     from core.settings import load_settings
     from tests.conftest import bootstrap_org
 
-    settings = load_settings(env={}, database_url=pg_url, redis_url=redis_url, data_dir=tmp_path / "data")
+    settings = load_settings(env={}, database_url=pg_url, redis_url=redis_url, data_dir=tmp_path / "data",
+                             redis_timeout_ms=2000)  # as tests/conftest.py: in-process apps on a busy CI machine
     async with serve_app(create_app(settings)) as client, serve_app(create_app(settings)) as second:
         org = await bootstrap_org(client.app)
         await active_manifest(client.app, org.org_id)
