@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
 from typing import Any, Literal
 
 import msgspec
-from litestar import Controller, Request, Response, get, patch, post, delete
+from litestar import Controller, Request, get, patch, post, delete
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from api.validation import EMAIL, SLUG, UAPK_ID, Checker

@@ -14,6 +14,7 @@ from core.errors import Conflict, FieldIssue, NotFound, Unprocessable, Validatio
 from gateway.audit import record_change
 from httpkit.auth import Caller, admit
 from httpkit.pagination import page_params
+from httpkit.request import read_json
 from policies import manifest as doc_rules
 from policies.capabilities import is_valid_pattern, matches_any
 from store import changes
@@ -27,7 +28,6 @@ LIST_DEFAULT_LIMIT = 50
 MAX_REASON = 1000
 MAX_NOTES = 2000
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.ASCII)
-_FIELD_PATH = re.compile(r"at `\$(?P<path>[^`]*)`")
 
 
 # --- request types -----------------------------------------------------------------------
@@ -222,35 +222,12 @@ def _ts(value: Any) -> str:
 
 
 async def _json_body(request: Request[Any, Any, Any], *, required: bool) -> Any:
-    raw = await request.body()
-    if not raw.strip():
-        if required:
-            raise ValidationFailed("Request body is required.", [FieldIssue("body", "A JSON object is required.")])
-        return None
-    try:
-        return msgspec.json.decode(raw)
-    except (msgspec.DecodeError, RecursionError):
-        raise ValidationFailed("Malformed request.", [FieldIssue("body", "Not valid JSON.")]) from None
+    return await read_json(request, required=required)
 
 
 async def _decode(request: Request[Any, Any, Any], kind: type[T]) -> T:
     """An optional JSON object body into ``kind`` (unknown fields refused, each named)."""
-    raw = await request.body()
-    if not raw.strip():
-        return kind()
-    try:
-        return msgspec.json.decode(raw, type=kind)
-    except msgspec.ValidationError as exc:
-        message = str(exc)
-        m = _FIELD_PATH.search(message)
-        field = re.sub(r"\[(\d+)\]", r".\1", m.group("path")).lstrip(".") if m else ""
-        if not field and "Object contains unknown field" in message:
-            unknown = re.search(r"unknown field `([^`]*)`", message)
-            field = unknown.group(1)[:64] if unknown else "body"
-        issue = _FIELD_PATH.sub("", message).rstrip(" -")
-        raise ValidationFailed("Request body failed validation.", [FieldIssue(field or "body", issue[:500])]) from None
-    except (msgspec.DecodeError, RecursionError):
-        raise ValidationFailed("Malformed request.", [FieldIssue("body", "Not valid JSON.")]) from None
+    return await read_json(request, kind, required=False)
 
 
 def _note_issues(issues: list[FieldIssue], field: str, value: str | None, max_len: int) -> None:

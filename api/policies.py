@@ -6,7 +6,6 @@ Roles: ``policies:read`` (viewer and up) lists, explains and tests; ``policies:w
 """
 from __future__ import annotations
 
-import re
 import secrets
 from typing import Any
 
@@ -14,11 +13,13 @@ import msgspec
 from litestar import Controller, Request, delete, get, post
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
+from core import wire
 from core.clock import isoformat
 from core.errors import FieldIssue, NotFound, ValidationFailed
 from gateway import policy_eval
 from gateway.schemas import GatewayActionRequest
 from httpkit.auth import admit
+from httpkit.request import read_json
 from httpkit.pagination import page_params
 from policies.rules import parse_rule, parse_rules
 from store import policy_rules as repo
@@ -134,13 +135,7 @@ def _runtime(request: Request[Any, Any, Any]) -> Runtime:
 
 
 async def _json(request: Request[Any, Any, Any]) -> Any:
-    raw = await request.body()
-    if not raw.strip():
-        raise ValidationFailed("Request body is required.", [FieldIssue("body", "A JSON object is required.")])
-    try:
-        return msgspec.json.decode(raw)
-    except (msgspec.DecodeError, RecursionError):
-        raise ValidationFailed("Malformed request.", [FieldIssue("body", "Not valid JSON.")]) from None
+    return await read_json(request)
 
 
 def _object(body: Any, allowed: tuple[str, ...]) -> dict[str, Any]:
@@ -152,23 +147,8 @@ def _object(body: Any, allowed: tuple[str, ...]) -> dict[str, Any]:
     return body
 
 
-_AT = re.compile(r"\s*-\s*at `\$(?P<path>[^`]*)`")
-_NAMED = re.compile(r"^Object (?:missing required|contains unknown) field `(?P<name>[^`]*)`")
-
-
 def _gateway_request(raw: Any) -> GatewayActionRequest:
-    """msgspec: "Object missing required field `tool` - at `$.action`" -> action.tool."""
-    try:
-        return msgspec.convert(raw, GatewayActionRequest)
-    except msgspec.ValidationError as exc:
-        message = str(exc)
-        m = _AT.search(message)
-        path = re.sub(r"\[(\d+)\]", r".\1", m.group("path")).strip(".") if m else ""
-        issue = _AT.sub("", message)
-        named = _NAMED.match(issue)
-        if named:
-            path = f"{path}.{named.group('name')}" if path else named.group("name")
-        raise ValidationFailed(details=[FieldIssue(path or "body", issue[:500])]) from None
+    return wire.convert(raw, GatewayActionRequest)
 
 
 async def _compiled(request: Request[Any, Any, Any], org_id: str) -> Any:

@@ -62,3 +62,8 @@ class RateLimited(BastionError):
 class ServiceUnavailable(BastionError):
     def __init__(self, message: str = "Temporary outage. Retry with exponential backoff.", retry_after: int = 1):
         super().__init__(message, [], "SERVICE_UNAVAILABLE", {"Retry-After": str(retry_after)})
+
+
+class UnsupportedMediaType(BastionError):
+    def __init__(self, message: str = "Request bodies must be JSON (Content-Type: application/json)."):
+        super().__init__(message, [], "UNSUPPORTED_MEDIA_TYPE")

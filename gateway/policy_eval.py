@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping
 
-import msgspec
 
+from core import wire
 from core.errors import FieldIssue, ValidationFailed
 from gateway.pipeline import Decision, Pipeline, required_capability
 from gateway.schemas import GatewayActionRequest
@@ -135,11 +135,12 @@ def parse_cases(raw: Any, where: str = "cases") -> list[Case]:
         if isinstance(req_raw, Mapping) and "agent_id" not in req_raw:
             req_raw = {**req_raw, "agent_id": "policy-test"}
         try:
-            req = msgspec.convert(req_raw, GatewayActionRequest)
-            required_capability(req)
-        except msgspec.ValidationError as exc:
-            issues.append(FieldIssue(f"{pre}.request", str(exc)[:300]))
+            req = wire.convert(req_raw, GatewayActionRequest, at=f"{pre}.request")
+        except ValidationFailed as exc:
+            issues.extend(exc.details)
             continue
+        try:
+            required_capability(req)
         except ValidationFailed as exc:
             issues.extend(FieldIssue(f"{pre}.request.{d.field}", d.issue) for d in exc.details)
             continue

@@ -7,24 +7,21 @@ including deny and escalate, are HTTP 200.
 """
 from __future__ import annotations
 
-import re
 import time
 from typing import Any
 
-import msgspec
 from litestar import MediaType, Request, Response, Router, post
 from litestar.exceptions import HTTPException
 
-from core.errors import AuthenticationRequired, FieldIssue, PermissionDenied, RateLimited, ValidationFailed
+from core.errors import AuthenticationRequired, PermissionDenied, RateLimited
 from core.settings import Settings
 from gateway.audit import actor_of, request_id_of
 from gateway.schemas import EvaluateResponse, ExecuteResponse, GatewayActionRequest
 from gateway.service import Gateway, ratelimit_headers
 from httpkit.auth import Principal, authenticator
+from httpkit.request import read_json
 
 GATEWAY_ROLES = frozenset({"agent", "admin", "owner"})
-_PATH = re.compile(r"\s*-\s*at `\$(?P<path>[^`]*)`")
-_NAMED = re.compile(r"^Object (?:missing required|contains unknown) field `(?P<name>[^`]*)`")
 
 
 async def _principal(request: Request[Any, Any, Any]) -> Principal:
@@ -63,24 +60,7 @@ async def _body(request: Request[Any, Any, Any]) -> GatewayActionRequest:
     raw = await request.body()  # the route's cap applies while streaming
     if len(raw) > settings.gateway_max_body:
         raise HTTPException(status_code=413)
-    try:
-        return msgspec.json.decode(raw, type=GatewayActionRequest)
-    except msgspec.ValidationError as exc:
-        raise ValidationFailed(details=[_issue(str(exc))]) from None
-    except msgspec.DecodeError as exc:
-        raise ValidationFailed("Malformed request.", [FieldIssue("body", f"Invalid JSON: {exc}"[:500])]) from None
-
-
-def _issue(message: str) -> FieldIssue:
-    """msgspec: "Object missing required field `tool` - at `$.action`" -> action.tool."""
-    m = _PATH.search(message)
-    path = m.group("path") if m else ""
-    issue = _PATH.sub("", message)
-    path = re.sub(r"\[(\d+)\]", r".\1", path).strip(".")
-    named = _NAMED.match(issue)
-    if named:
-        path = f"{path}.{named.group('name')}" if path else named.group("name")
-    return FieldIssue(path or "body", issue[:500])
+    return await read_json(request, GatewayActionRequest)
 
 
 def _gateway(request: Request[Any, Any, Any]) -> Gateway:

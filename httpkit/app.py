@@ -17,6 +17,7 @@ from httpkit.auth import Authenticator, management_credentials
 from httpkit.context import RequestContext
 from httpkit.errors import EXCEPTION_HANDLERS, ErrorBody
 from httpkit.ratelimit import OrgRateLimiter
+from httpkit.request import BastionRequest
 from store.runtime import Runtime
 
 Hook = Callable[[Litestar], Awaitable[None]]
@@ -46,6 +47,7 @@ def build_app(
     app = Litestar(
         route_handlers=list(route_handlers),
         exception_handlers=EXCEPTION_HANDLERS,
+        request_class=BastionRequest,
         guards=[management_credentials],
         lifespan=[lifespan],
         request_max_body_size=max_body or runtime.settings.api_max_body,

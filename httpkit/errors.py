@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any
 
 import msgspec
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
+from core import wire
 from core.errors import BastionError
 
 log = logging.getLogger("bastion.errors")
@@ -75,33 +75,19 @@ def error_response(
     )
 
 
-_PATH_RE = re.compile(r"at `\$(?P<path>[^`]*)`")
-_NAMED_FIELD_RE = re.compile(r"^Object (?:missing required|contains unknown) field `(?P<name>[^`]*)`")
-
-
-def _dotted(path: str) -> str:
-    """``$.agent.ids[0]`` / ``data.agent.ids[0]`` -> ``agent.ids.0``."""
-    path = path.strip().lstrip("$").lstrip(".")
-    if path == "data":
-        path = ""
-    elif path.startswith("data."):
-        path = path[5:]
-    path = re.sub(r"\[(\d+)\]", r".\1", path)
-    return path.strip(".")
-
-
 def field_issue(message: str, key: str | None) -> tuple[str, str]:
-    """The dotted field and the issue from a msgspec message and Litestar's key.
-
-    msgspec says "Expected `int`, got `str` - at `$.agent.id`" (field ``agent.id``) and
-    "Object missing required field `name` - at `$.agent`" (field ``agent.name``)."""
-    m = _PATH_RE.search(message)
-    path = _dotted(m.group("path")) if m else _dotted(key or "")
-    issue = _PATH_RE.sub("", message).rstrip(" -") if m else message
-    named = _NAMED_FIELD_RE.match(issue)
-    if named:
-        path = f"{path}.{named.group('name')}" if path else named.group("name")
-    return path or "body", issue
+    """The dotted field and the issue, in Bastion's wording, from a decoder message and
+    Litestar's key (the parameter's name when the message carries no path)."""
+    found = wire.issue_of(message)
+    field = found.field
+    # Litestar validates the body as a parameter named ``data``: its paths start there.
+    if field == "data":
+        field = "body"
+    elif field.startswith("data."):
+        field = field[5:]
+    if field == "body" and key and key != "data":
+        field = key
+    return field, found.issue
 
 
 def _from_validation(exc: ValidationException) -> list[ErrorDetail]:
@@ -129,7 +115,8 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
         msg = "Request body or query parameters failed validation."
         if not details:
             detail = str(exc.detail or "")
-            details = [ErrorDetail(field="body", issue=detail[:500] or "Invalid request.")]
+            found = wire.issue_of(detail) if detail else None
+            details = [ErrorDetail(field="body", issue=found.issue if found else "Invalid request.")]
         return error_response(request, "VALIDATION_ERROR", msg, details, 400)
     if isinstance(exc, HTTPException):
         status = exc.status_code
@@ -140,9 +127,8 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
             413: "Request body too large.",
         }.get(status, str(exc.detail or "Request failed."))
         if status == 400:
-            return error_response(
-                request, code, "Malformed request.", [ErrorDetail("body", str(exc.detail)[:500])], 400
-            )
+            found = wire.issue_of(str(exc.detail or ""))
+            return error_response(request, code, "Malformed request.", [ErrorDetail(found.field, found.issue)], 400)
         headers = dict(exc.headers or {}) or None
         return error_response(request, code, message, None, status, headers)
     if isinstance(exc, UnicodeDecodeError):
