@@ -122,6 +122,7 @@ class Approval(Base):
     agent_id: Mapped[str] = mapped_column(String(200))
     capability: Mapped[str] = mapped_column(String(200))
     action: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    counterparty: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
     action_hash: Mapped[str] = mapped_column(String(64))
     reasons: Mapped[list[dict[str, Any]]] = mapped_column(JSONType)
     interaction_id: Mapped[str] = mapped_column(String(36))
