@@ -1,7 +1,7 @@
 """The compiled index agrees with pycasbin ``enforce`` on random policies and requests."""
 from __future__ import annotations
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from policies.capabilities import matches
@@ -44,8 +44,34 @@ def sources(draw: st.DrawFn) -> OrgPolicySource:
     return OrgPolicySource("org", draw(st.integers(0, 5)), tuple(draw(st.lists(manifests(), max_size=6))), tuple(rules))
 
 
+# Look-alikes, every run (random draws find them only by chance): a ``*`` or a concrete segment
+# matches one whole segment, never a prefix: crm:* is not crmx:read, a:read is not a-b:read
+# (nor a:reader), *:write is not email:write-all.
+LOOKALIKE_SOURCE = OrgPolicySource("org", 1, (
+    ManifestSnapshot("m1", "bot-a", "active", approved=("crm:*", "a:read", "*:write"),
+                     require_human_approval=("crm:*", "a:read")),
+    ManifestSnapshot("m2", "bot-b", "active", approved=("*:*",), require_human_approval=("a:*", "*:read")),
+), (DenyRule("crm:*", "bot-b"), DenyRule("a:write", None)))
+# (uapk, capability, granted, needs a human) — by the grammar, not by either implementation.
+LOOKALIKE_EXPECTED = [
+    ("bot-a", "crm:read", True, True), ("bot-a", "crmx:read", False, False),
+    ("bot-a", "a:read", True, True), ("bot-a", "a-b:read", False, False),
+    ("bot-a", "x_1:write", True, False), ("bot-a", "a-b:write", True, False), ("bot-a", "a:write", False, False),
+    ("bot-b", "crm:delete", False, False), ("bot-b", "crmx:delete", True, False),
+    ("bot-b", "a:delete", True, True), ("bot-b", "a-b:delete", True, False),
+    ("bot-b", "email:read", True, True), ("bot-b", "a-b:write", True, False),
+    ("bot-a", "email:write-all", False, False), ("bot-a", "a:reader", False, False),
+    ("bot-b", "email:reader", True, False), ("bot-b", "crmx:reader", True, False),
+]
+LOOKALIKE_REQUESTS = [(u, c) for u, c, _, _ in LOOKALIKE_EXPECTED]
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(src=sources(), requests=st.lists(st.tuples(st.sampled_from(UAPKS + ["ghost"]), capabilities), min_size=1, max_size=15))
+@example(src=LOOKALIKE_SOURCE, requests=LOOKALIKE_REQUESTS)
+@example(src=OrgPolicySource("org", 0, (ManifestSnapshot("m", "bot-a", "active", approved=("a:*",)),),
+                             (DenyRule("crm:delete", None),)),
+         requests=[("bot-a", "a-b:read"), ("bot-a", "a:read"), ("bot-a", "crmx:delete"), ("bot-c", "a:read")])
 def test_index_agrees_with_casbin(src: OrgPolicySource, requests: list[tuple[str, str]]) -> None:
     compiled = compile_org(src, default_per_hour=10, default_per_day=100)
     enforcer = build_enforcer(compiled.lines, compiled.lines2)
@@ -67,6 +93,20 @@ def test_index_agrees_with_casbin(src: OrgPolicySource, requests: list[tuple[str
         if not granted and explain:
             # pycasbin names a deny line that matched; the index names a deny rule too.
             assert explain[2] == "deny" and grant.rule is not None and grant.rule.startswith("deny:")
+
+
+def test_lookalikes_by_the_grammar() -> None:
+    """The index and pycasbin agree with the grammar itself on the look-alikes (agreeing with
+    each other is not enough: a prefix match in the shared matcher would fool both)."""
+    compiled = compile_org(LOOKALIKE_SOURCE, default_per_hour=10, default_per_day=100)
+    enforcer = build_enforcer(compiled.lines, compiled.lines2)
+    for uapk, cap, granted, human in LOOKALIKE_EXPECTED:
+        agent = compiled.agent(uapk)
+        assert agent is not None
+        assert agent.grant(cap).granted is granted, (uapk, cap)
+        assert casbin_decide(enforcer, uapk, cap)[0] is granted, (uapk, cap)
+        assert (agent.needs_human(cap) is not None) is human, (uapk, cap)
+        assert casbin_decide(enforcer, uapk, cap)[1] is human, (uapk, cap)
 
 
 def test_deny_overrides_allow_for_one_agent_and_for_all() -> None:
