@@ -97,24 +97,33 @@ class Decision:
 
 
 def required_capability(req: GatewayActionRequest) -> str:
-    """``action.capability`` when given, else ``"{tool}:{type}"``; must be concrete."""
+    """Check what the schema cannot say and return the capability the action needs,
+    ``"{tool}:{type}"``; raise 400 naming every bad field.
+
+    The one validation of an action, run on every path that takes one (execute, evaluate,
+    explain, policy test cases, the CLI) before any state is touched:
+
+    * ``tool`` and ``type`` are capability segments, so the capability is what the action does.
+      ``action.capability`` may be sent but must equal ``tool:type``: a label that differs
+      would let an agent name ``crm:read`` while doing ``crm:delete`` and so skip
+      ``require_human_approval`` and deny rules (only the label reached those checks).
+    """
     action = req.action
-    if action.capability is not None:
-        if not is_concrete(action.capability):
-            raise ValidationFailed(
-                details=[FieldIssue("action.capability", "Must be a concrete capability 'resource:action' "
-                                    "(segments [a-z0-9_-]+, no '*').")]
-            )
-        return action.capability
+    issues: list[FieldIssue] = []
     cap = f"{action.tool}:{action.type}"
     if not is_concrete(cap):
-        issues = []
         if not is_concrete(f"{action.tool}:x"):
-            issues.append(FieldIssue("action.tool", "Must match [a-z0-9_-]+ (or send action.capability)."))
+            issues.append(FieldIssue("action.tool", "Must match [a-z0-9_-]+ (the capability is tool:type)."))
         if not is_concrete(f"x:{action.type}"):
-            issues.append(FieldIssue("action.type", "Must match [a-z0-9_-]+ (or send action.capability)."))
-        if not issues:
-            issues.append(FieldIssue("action.capability", f"'{cap}' is not a concrete capability."))
+            issues.append(FieldIssue("action.type", "Must match [a-z0-9_-]+ (the capability is tool:type)."))
+    if action.capability is not None:
+        if not is_concrete(action.capability):
+            issues.append(FieldIssue("action.capability", "Must be a concrete capability 'resource:action' "
+                                     "(segments [a-z0-9_-]+, no '*')."))
+        elif action.capability != cap:
+            issues.append(FieldIssue("action.capability", "Must equal 'tool:type' of the action when sent "
+                                     "(the capability is what the action does)."))
+    if issues:
         raise ValidationFailed(details=issues)
     return cap
 

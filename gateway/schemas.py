@@ -1,7 +1,8 @@
 """Wire types of the gateway endpoints (the UAPK SDK's GatewayActionRequest and responses).
 
 Requests forbid unknown fields (the SDK sends exactly these); ``params`` and ``context`` are
-free-form objects.
+free-form objects. What a type cannot say is checked in one place,
+``gateway.pipeline.required_capability``, on every path that takes an action.
 """
 from __future__ import annotations
 

@@ -97,9 +97,12 @@ async def test_capability_not_granted_and_wildcards(client: Any, org: Org) -> No
             assert out["reasons"][0]["details"]["capability"] == f"{tool}:{typ}"
     ev = await decide(client, key, action(tool="crm", type="delete"), EVAL)
     assert ev["trace"][2]["rule"] == "allow:crm:*"
-    # action.capability wins over tool:type
-    out = await decide(client, key, action(tool="whatever", type="x", capability="crm:update"), EVAL)
+    # action.capability, when sent, must be tool:type (it is what the action does)
+    out = await decide(client, key, action(tool="crm", type="update", capability="crm:update"), EVAL)
     assert out["decision"] == "allow"
+    r = await client.post(EVAL, json=action(tool="whatever", type="x", capability="crm:update"),
+                          headers={"X-API-Key": key})
+    assert r.status_code == 400 and [d["field"] for d in r.json()["details"]] == ["action.capability"]
 
 
 async def test_crm_star_does_not_grant_other_resources(client: Any, org: Org) -> None:

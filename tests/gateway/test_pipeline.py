@@ -178,9 +178,10 @@ async def test_restricted_uapk_ids(env: Any) -> None:
 
 def test_required_capability() -> None:
     assert required_capability(request(tool="crm", type="read")) == "crm:read"
-    assert required_capability(request(tool="X", type="Y", capability="crm:read")) == "crm:read"
+    assert required_capability(request(tool="crm", type="read", capability="crm:read")) == "crm:read"
     for bad, field in (({"tool": "C rm"}, "action.tool"), ({"type": "re:ad"}, "action.type"),
-                       ({"capability": "crm:*"}, "action.capability"), ({"capability": "crm"}, "action.capability")):
+                       ({"capability": "crm:*"}, "action.capability"), ({"capability": "crm"}, "action.capability"),
+                       ({"capability": "crm:read"}, "action.capability")):  # a label other than tool:type
         with pytest.raises(ValidationFailed) as exc:
             required_capability(request(**bad))
         assert [d.field for d in exc.value.details] == [field]

