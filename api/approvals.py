@@ -17,7 +17,7 @@ from api.validation import Checker, has_control_chars
 from core.clock import isoformat, utcnow
 from core.errors import Conflict, NotFound, Unprocessable
 from gateway.approvals import ApprovalBase, wire
-from gateway.overrides import issue_override
+from gateway.overrides import bound_action, issue_override
 from httpkit.auth import Caller, admit
 from httpkit.pagination import page_params
 from store import approvals as repo
@@ -163,14 +163,12 @@ class ApprovalController(Controller):
         now = utcnow()
         if repo.effective_status(approval, now) != repo.PENDING:
             raise _not_pending(approval, now)
-        action = approval.action or {}
-        params = action.get("params")
         try:
             token, jti, exp = issue_override(
                 runtime.keys, runtime.settings,
                 approval_id=approval.id, org_id=org_id, uapk_id=approval.uapk_id, agent_id=approval.agent_id,
-                capability=approval.capability, params=params if isinstance(params, dict) else {},
-                amount=action.get("amount"), currency=action.get("currency"), ttl_seconds=ttl,
+                capability=approval.capability, **bound_action(approval.action or {}, approval.counterparty),
+                ttl_seconds=ttl,
                 now=int(now.timestamp()),  # iat = decided_at: the poll endpoint re-signs the same token
             )
         except ValueError:

@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 
 from core.clock import isoformat, utcnow
-from gateway.overrides import action_hash, issue_override
+from gateway.overrides import action_hash, bound_action, issue_override
 from gateway.idsets import ExpiringIds
 from store import approvals as repo
 from store.changes import announce
@@ -20,16 +20,14 @@ from store.runtime import Runtime
 log = logging.getLogger("bastion.approvals")
 
 
-def _action_parts(action: dict[str, Any]) -> tuple[dict[str, Any] | None, float | None, str | None]:
-    params = action.get("params")
-    return (params if isinstance(params, dict) else {}), action.get("amount"), action.get("currency")
-
-
-def hash_for(org_id: str, uapk_id: str, agent_id: str, capability: str, action: dict[str, Any]) -> str:
-    params, amount, currency = _action_parts(action)
+def hash_for(
+    org_id: str, uapk_id: str, agent_id: str, capability: str, action: dict[str, Any],
+    counterparty: dict[str, Any] | None = None,
+) -> str:
+    """The approval's ``action_hash``: what its override token will be bound to."""
     return action_hash(
         org_id=org_id, uapk_id=uapk_id, agent_id=agent_id, capability=capability,
-        params=params, amount=amount, currency=currency,
+        **bound_action(action, counterparty),
     )
 
 
@@ -44,12 +42,13 @@ async def create_approval(
     reasons: list[dict[str, Any]],
     interaction_id: str,
     key_id: str | None,
+    counterparty: dict[str, Any] | None = None,
 ) -> str:
     """Insert a PENDING approval for an escalated action; returns its id. It expires
     ``Settings.approval_ttl_seconds`` (default 24 h) after creation."""
     now = utcnow()
     try:
-        digest = hash_for(org_id, uapk_id, agent_id, capability, action)
+        digest = hash_for(org_id, uapk_id, agent_id, capability, action, counterparty)
     except ValueError:
         # Cannot happen for actions that passed the gateway's JSON validation; an approval
         # that no override can ever match is still better than losing the request.
@@ -62,6 +61,7 @@ async def create_approval(
             agent_id=agent_id,
             capability=capability,
             action=action,
+            counterparty=counterparty,
             action_hash=digest,
             reasons=reasons,
             interaction_id=interaction_id,
@@ -100,6 +100,7 @@ class ApprovalBase(msgspec.Struct):
     agent_id: str
     capability: str
     action: dict[str, Any]
+    counterparty: dict[str, Any] | None  # part of what the override token is bound to
     reasons: list[dict[str, Any]]
     interaction_id: str
     created_at: str
@@ -124,14 +125,11 @@ def override_token_of(approval: Approval, runtime: Runtime) -> str | None:
     ttl = int(approval.override_expires_at.timestamp()) - iat
     if ttl <= 0:
         return None
-    action = approval.action or {}
-    params = action.get("params")
     try:
         token, _, _ = issue_override(
             runtime.keys, runtime.settings,
             approval_id=approval.id, org_id=approval.org_id, uapk_id=approval.uapk_id, agent_id=approval.agent_id,
-            capability=approval.capability, params=params if isinstance(params, dict) else {},
-            amount=action.get("amount"), currency=action.get("currency"),
+            capability=approval.capability, **bound_action(approval.action or {}, approval.counterparty),
             ttl_seconds=ttl, now=iat, jti=approval.override_jti,
         )
     except ValueError:
@@ -153,6 +151,7 @@ def wire(approval: Approval, now: datetime, *, include_token: bool, runtime: Run
         "agent_id": approval.agent_id,
         "capability": approval.capability,
         "action": approval.action,
+        "counterparty": approval.counterparty,
         "reasons": approval.reasons,
         "interaction_id": approval.interaction_id,
         "created_at": isoformat(approval.created_at),

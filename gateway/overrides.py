@@ -6,8 +6,11 @@ is ever accepted in its place. It is bound to
 
 * the approval it came from (``approval_id``),
 * the organization, the manifest and the agent (``org_id``, ``uapk_id``, ``sub``/``agent_id``),
-* the exact action: ``action_hash`` is the SHA-256 hex of the RFC 8785 canonical JSON of
-  ``{"org", "uapk_id", "agent_id", "capability", "params", "amount", "currency"}``.
+* the whole action, every field a decision or a human could weigh: ``action_hash`` is the
+  SHA-256 hex of the RFC 8785 canonical JSON of ``{"org", "uapk_id", "agent_id",
+  "capability", "tool", "type", "params", "amount", "currency", "description",
+  "counterparty"}`` (see :func:`bound_action`). A token approved for a transfer to Alice/DE
+  does not allow one to Mallory/RU, nor ``type: wire_all_funds`` under the same capability.
 
 ``check_override`` is pure (signature, type, expiry and binding; no I/O). Single use is not
 decided here: the gateway marks the token's ``jti`` as spent atomically together with the
@@ -18,7 +21,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from core.canonical import sha256_hex
 from core.settings import Settings
@@ -47,17 +50,58 @@ class OverrideRejected:
     message: str
 
 
+_COUNTERPARTY_FIELDS = ("id", "name", "email", "domain", "jurisdiction")
+
+
+def _field(obj: Any, name: str) -> Any:
+    if obj is None:
+        return None
+    if isinstance(obj, Mapping):
+        return obj.get(name)
+    return getattr(obj, name, None)
+
+
+def bound_action(action: Any, counterparty: Any = None) -> dict[str, Any]:
+    """The action's fields an override token is bound to, as keyword arguments of
+    :func:`action_hash`, :func:`issue_override` and :func:`check_override`.
+
+    ``action`` is the request's ``Action`` struct or the approval's stored dict (same keys);
+    ``counterparty`` the request's ``Counterparty`` or the stored dict. A counterparty is
+    compared field by field (absent and ``null`` fields alike; one without any field is no
+    counterparty). ``action.capability`` is not taken from here: the caller passes the
+    capability the action was decided as."""
+    params = _field(action, "params")
+    cp: dict[str, Any] | None = None
+    if counterparty is not None:
+        cp = {k: v for k in _COUNTERPARTY_FIELDS if (v := _field(counterparty, k)) is not None} or None
+    return {
+        "tool": _field(action, "tool"),
+        "type": _field(action, "type"),
+        "params": params if isinstance(params, Mapping) else {},
+        "amount": _field(action, "amount"),
+        "currency": _field(action, "currency"),
+        "description": _field(action, "description"),
+        "counterparty": cp,
+    }
+
+
 def action_hash(
     *,
     org_id: str,
     uapk_id: str,
     agent_id: str,
     capability: str,
-    params: dict[str, Any] | None,
+    params: Mapping[str, Any] | None,
     amount: float | None,
     currency: str | None,
+    tool: str | None = None,
+    type: str | None = None,  # noqa: A002 - the action's field name
+    description: str | None = None,
+    counterparty: Mapping[str, Any] | None = None,
 ) -> str:
-    """SHA-256 hex of the RFC 8785 canonical JSON of the action an override is bound to.
+    """SHA-256 hex of the RFC 8785 canonical JSON of the action an override is bound to
+    (every key always present, ``null`` when absent; build the action's part with
+    :func:`bound_action`).
 
     Raises ``ValueError`` when the values cannot be canonicalised (NaN, integers beyond
     2**53, non-JSON types)."""
@@ -66,9 +110,13 @@ def action_hash(
         "uapk_id": uapk_id,
         "agent_id": agent_id,
         "capability": capability,
-        "params": params if params is not None else {},
+        "tool": tool,
+        "type": type,
+        "params": dict(params) if params is not None else {},
         "amount": amount,
         "currency": currency,
+        "description": description,
+        "counterparty": dict(counterparty) if counterparty is not None else None,
     }
     try:
         return sha256_hex(doc)
@@ -85,9 +133,13 @@ def issue_override(
     uapk_id: str,
     agent_id: str,
     capability: str,
-    params: dict[str, Any] | None,
+    params: Mapping[str, Any] | None,
     amount: float | None,
     currency: str | None,
+    tool: str | None = None,
+    type: str | None = None,  # noqa: A002
+    description: str | None = None,
+    counterparty: Mapping[str, Any] | None = None,
     ttl_seconds: int | None = None,
     now: float | None = None,
     jti: str | None = None,
@@ -102,8 +154,9 @@ def issue_override(
     issued = int(time.time() if now is None else now)
     jti = jti or uuid.uuid4().hex
     digest = action_hash(
-        org_id=org_id, uapk_id=uapk_id, agent_id=agent_id, capability=capability,
-        params=params, amount=amount, currency=currency,
+        org_id=org_id, uapk_id=uapk_id, agent_id=agent_id, capability=capability, params=params,
+        amount=amount, currency=currency, tool=tool, type=type, description=description,
+        counterparty=counterparty,
     )
     claims = {
         "iss": settings.issuer,
@@ -130,9 +183,13 @@ def check_override(
     uapk_id: str,
     agent_id: str,
     capability: str,
-    params: dict[str, Any] | None,
+    params: Mapping[str, Any] | None,
     amount: float | None,
     currency: str | None,
+    tool: str | None = None,
+    type: str | None = None,  # noqa: A002
+    description: str | None = None,
+    counterparty: Mapping[str, Any] | None = None,
     now: Callable[[], float] | None = None,
 ) -> OverrideOk | OverrideRejected:
     """Verify an override token presented with an action. Pure and fast: no I/O.
@@ -168,8 +225,9 @@ def check_override(
         return OverrideRejected(MISMATCH, "The override token was issued for another agent.")
     try:
         expected = action_hash(
-            org_id=org_id, uapk_id=uapk_id, agent_id=agent_id, capability=capability,
-            params=params, amount=amount, currency=currency,
+            org_id=org_id, uapk_id=uapk_id, agent_id=agent_id, capability=capability, params=params,
+            amount=amount, currency=currency, tool=tool, type=type, description=description,
+            counterparty=counterparty,
         )
     except ValueError:
         return OverrideRejected(MISMATCH, "The override token was issued for another action.")

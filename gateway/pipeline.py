@@ -307,19 +307,19 @@ class Pipeline:
         return None
 
     def _verify_override(self, req: GatewayActionRequest, org_id: str, cap: str, now: float) -> Any:
-        if self.check_override is None:
-            from gateway.overrides import OverrideRejected
+        from gateway.overrides import OverrideRejected, bound_action
 
+        if self.check_override is None:
             return OverrideRejected("override_token_invalid", "Override tokens are not accepted here.")
+        # Bound to the whole action (tool, type, params, amount, currency, description,
+        # counterparty), not only to what the capability check looked at.
         return self.check_override(
             req.override_token,
             org_id=org_id,
             uapk_id=req.uapk_id,
             agent_id=req.agent_id,
             capability=cap,
-            params=req.action.params,
-            amount=req.action.amount,
-            currency=req.action.currency,
+            **bound_action(req.action, req.counterparty),
         )
 
     @staticmethod

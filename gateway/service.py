@@ -137,6 +137,7 @@ class Gateway:
                 agent_id=req.agent_id,
                 capability=d.capability,
                 action=msgspec.to_builtins(req.action),
+                counterparty=msgspec.to_builtins(req.counterparty) if req.counterparty is not None else None,
                 reasons=[r.as_dict() for r in d.reasons],
                 interaction_id=interaction_id,
                 key_id=key_id,

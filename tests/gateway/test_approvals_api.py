@@ -98,7 +98,8 @@ async def test_approve_issues_a_bound_override_token(client: Any, org: Org) -> N
     runtime = client.app.state.runtime
     ok = check_override(
         runtime.keys, runtime.settings, token, org_id=org.org_id, uapk_id="refund-bot", agent_id="agent-1",
-        capability="payments:refund", params=ACTION["params"], amount=5000, currency="EUR",
+        capability="payments:refund", tool="stripe_api", type="refund", params=ACTION["params"], amount=5000,
+        currency="EUR",
     )
     assert isinstance(ok, OverrideOk) and ok.approval_id == approval_id and ok.jti == claims["jti"]
 

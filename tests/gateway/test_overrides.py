@@ -24,7 +24,8 @@ from store.keystore import KeyStore
 
 ACTION: dict[str, Any] = dict(
     org_id="org-1", uapk_id="refund-bot", agent_id="agent-7", capability="payments:refund",
-    params={"charge_id": "ch_1", "amount": 1000}, amount=1000.0, currency="EUR",
+    tool="stripe", type="refund", params={"charge_id": "ch_1", "amount": 1000}, amount=1000.0, currency="EUR",
+    description="Refund order 17", counterparty={"name": "Alice", "jurisdiction": "DE"},
 )
 
 
@@ -76,10 +77,17 @@ def test_action_hash_is_sha256_of_rfc8785_json() -> None:
     import hashlib
 
     doc = (
-        '{"agent_id":"agent-7","amount":1000,"capability":"payments:refund","currency":"EUR",'
-        '"org":"org-1","params":{"amount":1000,"charge_id":"ch_1"},"uapk_id":"refund-bot"}'
+        '{"agent_id":"agent-7","amount":1000,"capability":"payments:refund",'
+        '"counterparty":{"jurisdiction":"DE","name":"Alice"},"currency":"EUR","description":"Refund order 17",'
+        '"org":"org-1","params":{"amount":1000,"charge_id":"ch_1"},"tool":"stripe","type":"refund",'
+        '"uapk_id":"refund-bot"}'
     )
     assert action_hash(**ACTION) == hashlib.sha256(doc.encode()).hexdigest()
+    # Absent fields are null, never left out.
+    bare = dict(org_id="o", uapk_id="u", agent_id="a", capability="c:d", params={}, amount=None, currency=None)
+    doc = ('{"agent_id":"a","amount":null,"capability":"c:d","counterparty":null,"currency":null,"description":null,'
+           '"org":"o","params":{},"tool":null,"type":null,"uapk_id":"u"}')
+    assert action_hash(**bare) == hashlib.sha256(doc.encode()).hexdigest()
 
 
 def test_lifetime_and_setting(keys: KeyStore, tmp_path: Path) -> None:
@@ -110,6 +118,14 @@ def test_numbers_compare_canonically(keys: KeyStore, settings: Any) -> None:
         {"amount": 1001.0},
         {"amount": None},
         {"currency": "USD"},
+        {"tool": "wire"},
+        {"type": "wire_all_funds"},
+        {"description": "Refund order 18"},
+        {"description": None},
+        {"counterparty": {"name": "Mallory", "jurisdiction": "RU"}},
+        {"counterparty": {"name": "Alice", "jurisdiction": "RU"}},
+        {"counterparty": {"name": "Alice", "jurisdiction": "DE", "email": "a@evil.example"}},
+        {"counterparty": None},
     ],
 )
 def test_other_action_or_agent_is_a_mismatch(keys: KeyStore, settings: Any, change: dict[str, Any]) -> None:

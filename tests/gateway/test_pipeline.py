@@ -152,7 +152,8 @@ async def test_override_token_allows_once(env: Any) -> None:
     req_args = dict(tool="crm", type="delete", params={"id": 1})
     token, jti, exp = issue_override(
         keys, settings, approval_id="appr-1", org_id="org-1", uapk_id="bot", agent_id="agent-1",
-        capability="crm:delete", params={"id": 1}, amount=None, currency=None, now=clock())
+        capability="crm:delete", tool="crm", type="delete", params={"id": 1}, amount=None, currency=None,
+        now=clock())
     req = request(**req_args, override_token=token)
     d = await p.decide(req, o, spend=False)  # evaluate: accepted, not consumed
     assert d.decision == "allow" and codes(d) == ["override_token_accepted"] and not d.override_consumed
