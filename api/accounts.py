@@ -13,7 +13,7 @@ from core.clock import isoformat
 from core.errors import AuthenticationRequired, Conflict, NotFound, PermissionDenied
 from core.tokens import SESSION_TYP, sign
 from gateway.audit import record_change
-from httpkit.auth import SESSION_AUDIENCE, Caller, admit, current_principal, rate_limit, require_credentials
+from httpkit.auth import SESSION_AUDIENCE, Caller, admit, current_principal, limit_credential, rate_limit, require_credentials
 from httpkit.pagination import page_params
 from store import accounts
 from store.api_keys import display_prefix, generate_key, hash_key
@@ -180,7 +180,7 @@ class OrgController(Controller):
         c.text("name", data.name)
         c.pattern("slug", data.slug, SLUG, "Must be 2-63 lowercase letters, digits and hyphens, starting with a letter or digit.")
         c.check()
-        await rate_limit(request, "standard", "user:" + (principal.user_id or ""))
+        await limit_credential(request, principal)
         runtime = _runtime(request)
         async with runtime.sessions() as session, session.begin():
             try:
@@ -194,10 +194,7 @@ class OrgController(Controller):
     @get("/", summary="The caller's organizations", opt={"errors": [400, 401, 429, 503]})
     async def list_orgs(self, request: Request[Any, Any, Any]) -> OrgList:
         principal = await current_principal(request)
-        if principal.kind == "api_key":
-            await rate_limit(request, "standard", principal.org_id or "")
-        else:
-            await rate_limit(request, "standard", "user:" + (principal.user_id or ""))
+        await limit_credential(request, principal)
         page = page_params(request.query_params)
         runtime = _runtime(request)
         async with runtime.sessions() as session:
@@ -356,7 +353,8 @@ class ApiKeyController(Controller):
         opt={"errors": [400, 401, 403, 404, 429, 503]},
     )
     async def revoke(self, request: Request[Any, Any, Any], org_id: str, key_id: str) -> ApiKeyOut:
-        caller = await admit(request, org_id, "api_keys", "manage")
+        # Emergency tier: revoking a key works even when the caller's standard budget is spent.
+        caller = await admit(request, org_id, "api_keys", "manage", tier="emergency")
         runtime = _runtime(request)
         async with runtime.sessions() as session, session.begin():
             key = await accounts.revoke_api_key(session, org_id, key_id)

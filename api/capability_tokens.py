@@ -69,7 +69,7 @@ class CapabilityTokenController(Controller):
 
     @post("/{token_id:str}/revoke", status_code=HTTP_200_OK, summary="Revoke: refused everywhere within 1 s")
     async def revoke_token(self, request: Request[Any, Any, Any], org_id: str, token_id: str) -> TokenMeta:
-        caller = await admit(request, org_id, "capability_tokens", "manage")
+        caller = await admit(request, org_id, "capability_tokens", "manage", tier="emergency")
         row = await revoke(request.app.state.runtime, org_id, token_id, caller.actor)
         if row is None:
             raise NotFound()

@@ -520,7 +520,7 @@ class ManifestController(Controller):
 
     @post("/{manifest_id:str}/suspend", status_code=HTTP_200_OK, summary="Temporarily suspend an active manifest")
     async def suspend(self, request: Request[Any, Any, Any], org_id: str, manifest_id: str) -> Suspended:
-        caller = await admit(request, org_id, "manifests", "suspend")
+        caller = await admit(request, org_id, "manifests", "suspend", tier="emergency")
         mid = _manifest_id(manifest_id)
         data = await _decode(request, ReasonRequest)
         _check_texts(data.reason, data.notes)
@@ -544,7 +544,7 @@ class ManifestController(Controller):
 
     @post("/{manifest_id:str}/revoke", status_code=HTTP_200_OK, summary="Permanently revoke a manifest")
     async def revoke(self, request: Request[Any, Any, Any], org_id: str, manifest_id: str) -> Revoked:
-        caller = await admit(request, org_id, "manifests", "revoke")
+        caller = await admit(request, org_id, "manifests", "revoke", tier="emergency")
         mid = _manifest_id(manifest_id)
         data = await _decode(request, ReasonRequest)
         _check_texts(data.reason, data.notes)

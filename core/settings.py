@@ -117,11 +117,14 @@ class Settings:
     # Request body caps (bytes).
     gateway_max_body: int = 64 * 1024
     api_max_body: int = 1024 * 1024
-    # Management API rate-limit tiers: per organization, per minute, with a burst per 10 s.
+    # Management API rate-limit tiers: per credential (API key, or user), per minute, with a
+    # burst per 10 s. The emergency tier (revocations, suspension) has buckets of its own.
     rate_standard_per_minute: int = 600
     rate_standard_burst: int = 100
     rate_heavy_per_minute: int = 60
     rate_heavy_burst: int = 20
+    rate_emergency_per_minute: int = 600
+    rate_emergency_burst: int = 100
     rate_limits_enabled: bool = True
     # Optional per-API-key ceiling on the gateway decision endpoints (0 = off).
     gateway_key_per_minute: int = 0
@@ -176,6 +179,8 @@ _SPEC: dict[str, tuple[str, Callable[[str], object]]] = {
     "BASTION_RATE_STANDARD_BURST": ("rate_standard_burst", _int("BASTION_RATE_STANDARD_BURST", 1, 10**7)),
     "BASTION_RATE_HEAVY_PER_MINUTE": ("rate_heavy_per_minute", _int("BASTION_RATE_HEAVY_PER_MINUTE", 1, 10**7)),
     "BASTION_RATE_HEAVY_BURST": ("rate_heavy_burst", _int("BASTION_RATE_HEAVY_BURST", 1, 10**7)),
+    "BASTION_RATE_EMERGENCY_PER_MINUTE": ("rate_emergency_per_minute", _int("BASTION_RATE_EMERGENCY_PER_MINUTE", 60, 10**7)),
+    "BASTION_RATE_EMERGENCY_BURST": ("rate_emergency_burst", _int("BASTION_RATE_EMERGENCY_BURST", 10, 10**7)),
     "BASTION_RATE_LIMITS_ENABLED": ("rate_limits_enabled", _bool("BASTION_RATE_LIMITS_ENABLED")),
     "BASTION_GATEWAY_KEY_PER_MINUTE": ("gateway_key_per_minute", _int("BASTION_GATEWAY_KEY_PER_MINUTE", 0, 10**8)),
     "BASTION_SESSION_TTL_SECONDS": ("session_ttl_seconds", _int("BASTION_SESSION_TTL_SECONDS", 60, 7 * 86400)),

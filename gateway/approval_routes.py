@@ -13,7 +13,7 @@ from litestar import Request, get
 from core.clock import utcnow
 from core.errors import AuthenticationRequired, NotFound
 from gateway.approvals import ApprovalBase, wire
-from httpkit.auth import authenticator, rate_limit
+from httpkit.auth import authenticator, limit_credential
 from store import approvals as repo
 from store.runtime import Runtime
 
@@ -38,7 +38,7 @@ async def agent_get_approval(request: Request[Any, Any, Any], approval_id: str) 
     principal = await authenticator(request).authenticate(request, sessions=False)
     org_id = principal.org_id or ""
     request.scope.setdefault("state", {})["org_id"] = org_id
-    await rate_limit(request, "standard", org_id)
+    await limit_credential(request, principal)  # the key's own budget, never its org's
     runtime: Runtime = request.app.state.runtime
     async with runtime.sessions() as session:
         approval = await repo.get(session, org_id, approval_id)

@@ -16,6 +16,7 @@ from litestar.connection import ASGIConnection
 
 from core.errors import AuthenticationRequired, NotFound, PermissionDenied, RateLimited
 from core.tokens import SESSION_TYP, TokenInvalid, verify
+from httpkit.ratelimit import credential_bucket
 from policies.rbac import default_roles
 from store import accounts
 from store.api_keys import KEY_PREFIX, hash_key
@@ -171,7 +172,11 @@ async def admit(
     action: str,
     tier: str = "standard",
 ) -> Caller:
-    """Authenticate, resolve the caller's role in ``org_id``, rate-limit, check the role."""
+    """Authenticate, resolve the caller's role in ``org_id``, rate-limit, check the role.
+
+    The rate limit is the caller's own (its API key, or its user), never the organization's:
+    an agent that floods cannot starve the humans who would stop it. Routes that stop an
+    agent (revocations, suspension) pass ``tier="emergency"``, whose buckets are separate."""
     principal = await current_principal(request)
     if principal.kind == "api_key":
         if principal.org_id != org_id:
@@ -186,10 +191,15 @@ async def admit(
         role = membership.role
     state = request.scope.setdefault("state", {})
     state["org_id"] = org_id
-    await rate_limit(request, tier, org_id)
+    await rate_limit(request, tier, credential_bucket(principal))
     if not default_roles().allows(role, resource, action):
         raise PermissionDenied(f"Role '{role}' may not {action} {resource}.")
     return Caller(principal, org_id, role)
+
+
+async def limit_credential(request: Request[Any, Any, Any], principal: Principal, tier: str = "standard") -> None:
+    """Spend one request of ``principal``'s own bucket (routes that do not call ``admit``)."""
+    await rate_limit(request, tier, credential_bucket(principal))
 
 
 async def rate_limit(request: Request[Any, Any, Any], tier: str, key: str) -> None:

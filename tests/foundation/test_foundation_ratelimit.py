@@ -1,4 +1,5 @@
-"""Per-organization rate limits on the management API (both backends: memory and Redis)."""
+"""Rate limits on the management API (both backends: memory and Redis). Buckets are per
+credential: tests/foundation/test_fixes_accounts.py."""
 from __future__ import annotations
 
 from typing import Any
@@ -32,7 +33,7 @@ async def test_headers_decrease_then_429_with_retry_after(settings_factory: Any)
         assert 1 <= retry <= 10
         assert r.headers["x-ratelimit-remaining"] == "0"
         assert r.headers["x-ratelimit-limit"] == "3"
-        # Every endpoint of the org shares the budget.
+        # Every endpoint shares the credential's budget.
         r = await c.get(f"/api/v1/orgs/{a.org_id}/users", headers=a.headers)
         assert_error(r, 429, "RATE_LIMIT_EXCEEDED")
 
@@ -49,18 +50,6 @@ async def test_limits_are_per_organization(settings_factory: Any) -> None:
         r = await c.get(f"/api/v1/orgs/{b.org_id}", headers=b.headers)
         assert r.status_code == 200
         assert r.headers["x-ratelimit-remaining"] == "1"
-
-
-async def test_budget_is_the_orgs_not_the_keys(settings_factory: Any) -> None:
-    app = await _app(settings_factory, rate_standard_burst=2, rate_standard_per_minute=100)
-    async with serve_app(app) as c:
-        a = await bootstrap_org(app)
-        # A second owner key of the same org (bootstrap again issues a fresh key).
-        again = await bootstrap_org(app)
-        assert again.org_id == a.org_id and again.owner_key != a.owner_key
-        assert (await c.get(f"/api/v1/orgs/{a.org_id}", headers=a.headers)).status_code == 200
-        assert (await c.get(f"/api/v1/orgs/{a.org_id}", headers=again.headers)).status_code == 200
-        assert_error(await c.get(f"/api/v1/orgs/{a.org_id}", headers=again.headers), 429, "RATE_LIMIT_EXCEEDED")
 
 
 async def test_per_minute_limit_binds_when_lower_than_burst(settings_factory: Any) -> None:
