@@ -162,6 +162,35 @@ def _positive_int(c: _Collector, path: str, value: Any) -> None:
         c.add(path, f"Must be at most {MAX_RATE}.")
 
 
+def _overlap(a: str, b: str) -> bool:
+    """Some capability matches both patterns: segment by segment equal, or either is ``*``."""
+    a_res, _, a_act = a.partition(":")
+    b_res, _, b_act = b.partition(":")
+    return (a_res == b_res or "*" in (a_res, b_res)) and (a_act == b_act or "*" in (a_act, b_act))
+
+
+def _valid_patterns(value: Any) -> list[str] | None:
+    if not isinstance(value, list) or not all(isinstance(v, str) and not _bad_chars(v) and is_valid_pattern(v) for v in value):
+        return None
+    return value
+
+
+def _human_approval_outside(requested: Any, human: Any) -> list[Problem]:
+    """A ``require_human_approval`` entry that no requested capability overlaps never applies:
+    the gateway denies that capability before human approval is looked at. Usually a typo or
+    a capability the author forgot to request, so it is named (a warning: the document is
+    still valid). Only checked when both lists are well-formed (otherwise they are errors)."""
+    req, entries = _valid_patterns(requested), _valid_patterns(human)
+    if req is None or entries is None:
+        return []
+    return [
+        Problem(f"constraints.require_human_approval.{i}",
+                f"{cap} is not covered by capabilities.requested, so this entry never applies.")
+        for i, cap in enumerate(entries)
+        if not any(_overlap(cap, r) for r in req)
+    ][:MAX_ISSUES]
+
+
 def check_document(document: Any) -> Report:
     """Every problem of a manifest document, plus warnings and (when valid) its hash."""
     c = _Collector()
@@ -230,6 +259,8 @@ def check_document(document: Any) -> Report:
             c.add("constraints.require_capability_token", "Must be true or false.")
         if constraints.get("max_actions_per_hour") is None and constraints.get("max_actions_per_day") is None:
             warnings.append(Problem("constraints", "No rate limits defined, defaults will apply"))
+        requested = capabilities.get("requested") if isinstance(capabilities, dict) else None
+        warnings.extend(_human_approval_outside(requested, constraints.get("require_human_approval")))
 
     if "metadata" in document:
         metadata = document["metadata"]

@@ -222,7 +222,7 @@ async def test_warning_when_no_rate_limits(client: Any, org: Org) -> None:
     del d["constraints"]
     v = (await client.post(f"{base(org)}/validate", json=d, headers=org.headers)).json()
     assert v["valid"] is True and v["warnings"] == [warning]
-    d["constraints"] = {"require_human_approval": ["crm:delete"]}
+    d["constraints"] = {"require_human_approval": ["crm:update"]}  # a requested one: no other warning
     v = (await client.post(f"{base(org)}/validate", json=d, headers=org.headers)).json()
     assert v["warnings"] == [warning]
     for key in ("max_actions_per_hour", "max_actions_per_day"):
