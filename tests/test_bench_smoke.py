@@ -6,6 +6,7 @@ sections are asserted; timings never are.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -104,17 +105,20 @@ def test_smoke_run_produces_well_formed_results(tmp_path: Path) -> None:
     assert set(mg["register_ms"]) == {"p50", "max", "mean"}
     assert mg["approval_visible_everywhere_ms"]["decision_before"] == "deny"
     assert mg["approval_visible_everywhere_ms"]["streak_of_allows_ms"] is not None
-    rollout = mg["policy_rollout"]
-    assert rollout["status"] in {"ok", "not_yet_measured"}, rollout
-    if rollout["status"] == "ok":
-        assert rollout["decision_before"] == "allow"
-        assert rollout["rules"] == cfg.rollout_rules and rollout["every_worker_ms"] is not None
+    rollout = mg["policy_rollout"]  # `bastion policy import` exists: always measured
+    assert rollout["status"] == "ok", rollout
+    assert rollout["decision_before"] == "allow"
+    assert rollout["rules"] == cfg.rollout_rules and rollout["every_worker_ms"] is not None
 
-    # 4. Profile: produced when pyinstrument is installed (the bench extra), else says why not.
+    # 4. Profile: produced when pyinstrument is installed (the bench extra, `make bench`), else
+    # skipped with the reason (`make test` installs the test lock only). Which one is decided by
+    # this environment, never by the outcome.
     pr = on_disk["profile"]
-    assert pr["status"] in {"ok", "skipped"}, pr
-    if pr["status"] == "ok":
+    if importlib.util.find_spec("pyinstrument") is not None:
+        assert pr["status"] == "ok", pr
         assert pr["top"]["samples"] > 0 and pr["top"]["by_self"]
+    else:
+        assert pr["status"] == "skipped" and "pyinstrument" in pr["reason"], pr
 
     # 2. In process: every size and the many-orgs case, every outcome as expected.
     ip = on_disk["inprocess"]

@@ -159,19 +159,15 @@ async def test_no_answer_without_its_event(client: Any, org: Any) -> None:
     agent = {"X-API-Key": await make_key(client, org, "agent", ["support-bot"])}
     sink = client.app.state.audit
     if sink.redis_mode:
-        from store.runtime import make_redis
-
         # The quota script's XADD fails (wrong type at the stream key): the whole step fails.
-        real = sink._writer_redis
         await runtime.redis.delete("bastion:audit:events")
         await runtime.redis.set("bastion:audit:events", "not a stream")
         try:
-            r = await client.post("/api/v1/gateway/execute", json=action(), headers=agent)
+            r = await client.post("/api/v1/gateway/execute", json=action(), headers={**agent, "X-Request-ID": "refused"})
             assert r.status_code == 503, r.text
         finally:
             await runtime.redis.delete("bastion:audit:events")
             sink._prepared = False
-        assert real is sink._writer_redis and make_redis
     else:
         sink._accepting = False
         try:
@@ -180,3 +176,9 @@ async def test_no_answer_without_its_event(client: Any, org: Any) -> None:
                 assert r.status_code == 503, r.text
         finally:
             sink._accepting = True
+    # Once events can be handed over again, decisions resume, each with its event; the refused
+    # one left none.
+    r = await client.post("/api/v1/gateway/execute", json=action(), headers={**agent, "X-Request-ID": "after"})
+    assert r.status_code == 200 and r.json()["decision"] == "allow", r.text
+    events = await _events(client, org)
+    assert [e["request_id"] for e in events] == ["after"]

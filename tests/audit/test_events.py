@@ -96,7 +96,9 @@ async def test_writer_applies_the_quota_status_of_a_stream_entry(backend: str, s
         (row,) = await rows(runtime, "o9")
         assert row.decision == "deny" and row.reasons[0]["code"] == "hourly_budget_exceeded"
         assert (await repo.verify_org(runtime.sessions, "o9", runtime.keys)).valid
-        assert GROUP
+        # Acknowledged and deleted only after the commit: nothing pending, nothing left.
+        assert (await sink._writer_redis.xpending(STREAM, GROUP))["pending"] == 0
+        assert await sink._writer_redis.xlen(STREAM) == 0
 
 
 async def test_decision_recorder_records_exactly_once(settings_factory: Any) -> None:

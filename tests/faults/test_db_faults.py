@@ -1,18 +1,17 @@
 """The database unreachable (a TCP proxy in front of PostgreSQL, cut and restored), with a real
 server: the management API answers 503 SERVICE_UNAVAILABLE with Retry-After; the gateway
 keeps deciding from its compiled state only where that is safe (a loaded org, a cached key,
-an action that needs no database write), else 503; never a 500; everything comes back
-within 5 s of the database."""
+an action that needs no database write: every such execute is allowed), else 503; never a
+500; everything comes back once the database does (within 5 s: asserted by make soak)."""
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import Any
 
 import httpx
 
 from tests.faults.helpers import action_body, manifest_doc, setup_agent
 from tests.faults.procs import BOOT_EMAIL, BOOT_PASSWORD, RedisServer, TcpProxy, proxied
+from tests.timing import eventually
 
 EXECUTE = "/api/v1/gateway/execute"
 
@@ -54,16 +53,13 @@ async def test_database_unreachable(redis_server: RedisServer, bastion_factory: 
             _unavailable(await c.post("/api/v1/auth/login", json={"email": BOOT_EMAIL, "password": BOOT_PASSWORD}))
             r = await c.get("/readyz")
             assert r.status_code == 503 and r.json()["checks"]["database"] != "ok"
-            # Safe: a loaded org, a cached key, an action that writes nothing to the database.
+            # Safe: a loaded org, a cached key, an action that writes nothing to the database:
+            # the gateway keeps deciding from its compiled state, so every one is allowed.
             during: list[str] = []  # decisions made while the database was away
             for _ in range(5):
                 r = await c.post(EXECUTE, json=action_body("db-bot"), headers=agent_h)
-                assert r.status_code in (200, 503), r.text
-                if r.status_code == 200:
-                    assert r.json()["decision"] == "allow"
-                    during.append(r.json()["interaction_id"])
-                else:
-                    _unavailable(r)
+                assert r.status_code == 200 and r.json()["decision"] == "allow", r.text
+                during.append(r.json()["interaction_id"])
             # Not safe: an escalation needs its approval written -> 503, never an escalate
             # without an approval, never an allow.
             r = await c.post(EXECUTE, json=action_body("db-bot", tool="stripe", type="refund"), headers=agent_h)
@@ -72,31 +68,30 @@ async def test_database_unreachable(redis_server: RedisServer, bastion_factory: 
             _unavailable(await c.post(EXECUTE, json=action_body("cold-bot"), headers=cold_h))
         finally:
             pg_proxy.restore()
-        t0 = time.monotonic()
-        while True:
+
+        async def recovered() -> bool:
             r = await c.get(f"{base}/manifests", headers=owner)
-            if r.status_code == 200:
-                break
-            assert r.status_code == 503, r.text
-            assert time.monotonic() - t0 < 5.0, "management API did not recover within 5 s"
-            await asyncio.sleep(0.1)
+            assert r.status_code in (200, 503), r.text
+            return r.status_code == 200
+
+        await eventually(recovered, 5.0, interval=0.1)  # the 5 s figure is asserted by make soak
         r = await c.post(EXECUTE, json=action_body("db-bot"), headers=agent_h)
         assert r.status_code == 200 and r.json()["decision"] == "allow", r.text
         after = r.json()["interaction_id"]
         r = await c.post(EXECUTE, json=action_body("cold-bot"), headers=cold_h)
         assert r.status_code == 200 and r.json()["decision"] == "allow", r.text
         # Decisions answered while the database was away reach the audit trail once it is back.
-        deadline = time.monotonic() + 15
-        while True:
+        listed: dict[str, Any] = {}
+
+        async def all_audited() -> bool:
             r = await c.get(f"{base}/audit/events?kind=gateway.execute&limit=100", headers=owner)
             assert r.status_code == 200, r.text
-            seen = {e.get("interaction_id") for e in r.json()["items"]}
-            if set(during) | {after} <= seen or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.25)
-        assert set(during) <= seen, f"{len(set(during) - seen)} decisions made during the outage were never audited"
+            listed["items"] = r.json()["items"]
+            return set(during) | {after} <= {e.get("interaction_id") for e in listed["items"]}
+
+        await eventually(all_audited, 15.0, interval=0.25)
         # ... in the order they were made: before the decision made after the recovery.
-        seq = {e.get("interaction_id"): e["seq"] for e in r.json()["items"]}
+        seq = {e.get("interaction_id"): e["seq"] for e in listed["items"]}
         assert all(seq[i] < seq[after] for i in during), "audit events of the outage were appended out of order"
         r = await c.get(f"{base}/audit/verify", headers=owner)
         assert r.status_code == 200 and r.json()["valid"] is True, r.text

@@ -48,11 +48,13 @@ def _check(name: str, redis: Any) -> None:
 
 async def test_request_path_redis_clients_fail_fast(client: Any) -> None:
     state = client.app.state
+    # Management changes hand their audit event over with one XADD on the sink's own client:
+    # it is on the request path too, and in this (Redis) mode it must exist.
+    assert state.audit.redis_mode
     clients = {"quotas and pub/sub publisher (runtime.redis)": state.runtime.redis,
-               "rate limiter storage": state.rate_limiter.storage.bridge.storage}
-    audit = getattr(state, "audit", None)
-    if audit is not None and getattr(audit, "_writer_redis", None) is not None:
-        clients["audit sink XADD"] = audit._writer_redis
+               "rate limiter storage": state.rate_limiter.storage.bridge.storage,
+               "audit sink XADD": state.audit._writer_redis}
+    assert all(c is not None for c in clients.values()), clients
     for name, redis in clients.items():
         _check(name, redis)
     # And the connections they have actually opened use those settings.
