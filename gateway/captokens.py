@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -81,8 +82,9 @@ def validate_request(capabilities: Any, constraints: Any, expires_in: Any, defau
     for key, value in constraints.items():
         if key not in CONSTRAINT_KEYS:
             issues.append(FieldIssue(f"constraints.{key}", f"Unknown constraint; allowed: {', '.join(sorted(CONSTRAINT_KEYS))}."))
-        elif key == "max_amount" and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
-            issues.append(FieldIssue("constraints.max_amount", "Must be a non-negative number."))
+        elif key == "max_amount" and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not math.isfinite(value) or value < 0):
+            issues.append(FieldIssue("constraints.max_amount", "Must be a finite number, at least 0."))
         elif key == "currencies" and (
             not isinstance(value, list) or not value or len(value) > 32
             or not all(isinstance(c, str) and len(c) == 3 and c.isascii() and c.isalpha() and c.isupper() for c in value)
@@ -255,7 +257,9 @@ def check_action(
         return TokenProblem("capability_not_in_token", f"Capability '{capability}' is not in the token.",
                             {"capability": capability, "token_capabilities": list(claims.capabilities)})
     max_amount = claims.constraints.get("max_amount")
-    if max_amount is not None and (amount is None or amount > max_amount):
+    # 0 <= amount <= max_amount, written so that NaN fails too: a negative amount is not "less"
+    # (requests refuse it with 400; this check does not rely on that).
+    if max_amount is not None and (amount is None or not 0 <= amount <= max_amount):
         return TokenProblem("capability_not_in_token", "Amount exceeds the token's max_amount constraint.",
                             {"constraint": "max_amount", "limit": max_amount})
     currencies = claims.constraints.get("currencies")

@@ -24,6 +24,7 @@ Once a check denies, the later ones are skipped (trace result ``skip``).
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -107,6 +108,8 @@ def required_capability(req: GatewayActionRequest) -> str:
       ``action.capability`` may be sent but must equal ``tool:type``: a label that differs
       would let an agent name ``crm:read`` while doing ``crm:delete`` and so skip
       ``require_human_approval`` and deny rules (only the label reached those checks).
+    * ``amount`` is a finite number >= 0: a negative one would slip under every
+      ``amount_above`` rule and every token ``max_amount``.
     """
     action = req.action
     issues: list[FieldIssue] = []
@@ -123,6 +126,11 @@ def required_capability(req: GatewayActionRequest) -> str:
         elif action.capability != cap:
             issues.append(FieldIssue("action.capability", "Must equal 'tool:type' of the action when sent "
                                      "(the capability is what the action does)."))
+    amount = action.amount
+    # The schema says >= 0 for JSON; a struct built in code or from YAML (a policy test file)
+    # can still carry a negative number, inf or NaN (``not amount >= 0`` is true for NaN).
+    if amount is not None and (isinstance(amount, bool) or not math.isfinite(amount) or not amount >= 0):
+        issues.append(FieldIssue("action.amount", "Must be a finite number, at least 0."))
     if issues:
         raise ValidationFailed(details=issues)
     return cap

@@ -25,9 +25,13 @@ class Action(msgspec.Struct, forbid_unknown_fields=True):
     type: Name
     tool: Name
     params: dict[str, Any] = msgspec.field(default_factory=dict)
-    amount: float | None = None
+    # At least 0 (a negative amount would slip under every "amount_above" rule and token
+    # max_amount); inf/NaN from non-JSON sources are refused in required_capability.
+    amount: Annotated[float, msgspec.Meta(ge=0)] | None = None
     currency: Annotated[str, msgspec.Meta(max_length=16)] | None = None
     description: Text | None = None
+    # Optional, and only ever equal to "tool:type" (a label that differs would let an agent
+    # name one capability and perform another): see required_capability.
     capability: Name | None = None
 
 

@@ -80,3 +80,44 @@ async def test_capability_label_rule_is_the_same_in_explain_and_policy_tests(cli
     same = action(tool="crm", type="delete", capability="crm:delete")
     r = await client.post(f"{policies(org)}/explain", json=same, headers=org.headers)
     assert r.status_code == 200 and r.json()["decision"] == "escalate", r.text
+
+
+# --- 4. amounts are at least 0 ----------------------------------------------------------------
+async def test_negative_amount_is_refused_on_every_path(client: Any, org: Org) -> None:
+    await add_manifest(rt(client), org.org_id, "support-bot", approved=["payments:*"])
+    await add_rule(client, org, {"id": "big", "subject": "*", "capability": "payments:*", "effect": "escalate",
+                                 "conditions": {"amount_above": 1000}})
+    key = await make_key(client, org, "agent")
+    h = {"X-API-Key": key}
+    negative = action(tool="payments", type="send", amount=-50000, currency="EUR")
+    for path in (EXEC, EVAL):
+        body = assert_error(await client.post(path, json=negative, headers=h), 400, "VALIDATION_ERROR")
+        assert fields(body) == ["action.amount"], body
+    body = assert_error(await client.post(f"{policies(org)}/explain", json=negative, headers=org.headers),
+                        400, "VALIDATION_ERROR")
+    assert fields(body) == ["action.amount"]
+    case = {"request": negative, "expect": {"decision": "allow"}}
+    body = assert_error(await client.post(f"{policies(org)}/test", json={"cases": [case]}, headers=org.headers),
+                        400, "VALIDATION_ERROR")
+    assert fields(body) == ["cases.0.request.action.amount"]
+    # 0 and positive amounts still decide as before
+    assert (await decide(client, key, action(tool="payments", type="send", amount=0)))["decision"] == "allow"
+    out = await decide(client, key, action(tool="payments", type="send", amount=50000), EVAL)
+    assert out["decision"] == "escalate"
+
+
+async def test_negative_amount_cannot_pass_a_token_max_amount(client: Any, org: Org) -> None:
+    await add_manifest(rt(client), org.org_id, "support-bot", approved=["payments:*"])
+    key = await make_key(client, org, "agent")
+    r = await client.post("/api/v1/gateway/tokens", headers={"X-API-Key": key}, json={
+        "uapk_id": "support-bot", "agent_id": "agent-1", "capabilities": ["payments:send"],
+        "constraints": {"max_amount": 100}})
+    assert r.status_code == 201, r.text
+    tok = r.json()["token"]
+    body = assert_error(await client.post(EXEC, headers={"X-API-Key": key}, json=action(
+        tool="payments", type="send", amount=-99999, capability_token=tok)), 400, "VALIDATION_ERROR")
+    assert fields(body) == ["action.amount"]
+    ok = await decide(client, key, action(tool="payments", type="send", amount=100, capability_token=tok))
+    assert ok["decision"] == "allow"
+    over = await decide(client, key, action(tool="payments", type="send", amount=100.5, capability_token=tok))
+    assert over["reasons"][0]["code"] == "capability_not_in_token"
