@@ -16,6 +16,7 @@ No HTTP here.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Awaitable, Callable, Iterable
@@ -33,6 +34,7 @@ from store.models import PolicyRuleLine, PolicyShadowDiff, PolicyVersion
 LIVE = "live"
 SHADOW = "shadow"
 _COLS = ("v0", "v1", "v2", "v3", "v4", "v5")
+MAX_DESCRIPTION = 500  # policies.rules.parse_rule's bound
 
 
 # --- the Casbin adapter ---------------------------------------------------------------------
@@ -92,15 +94,37 @@ def _model() -> Any:
 
 
 async def load_rules(session: AsyncSession, org_id: str, ruleset: str = LIVE) -> list[Rule]:
-    """The org's rule set, loaded through the adapter into a Casbin model."""
+    """The org's rule set, loaded through the adapter into a Casbin model, with each rule's
+    description from the version that published the set (``_descriptions``)."""
     model = _model()
     await AsyncRuleAdapter(session, org_id, ruleset).load_policy(model)
+    descriptions = await _descriptions(session, org_id, ruleset)
     out: list[Rule] = []
     for i, line in enumerate(model.model["p"]["p"].policy):
         try:
-            out.append(rule_from_line(line, f"stored.{i}"))
+            rule = rule_from_line(line, f"stored.{i}")
         except ValidationFailed:  # validated on the way in; never trust twice
             continue
+        description = descriptions.get(rule.id, "")
+        out.append(dataclasses.replace(rule, description=description) if description else rule)
+    return out
+
+
+async def _descriptions(session: AsyncSession, org_id: str, ruleset: str) -> dict[str, str]:
+    """Rule id -> description, from the newest version of ``ruleset``.
+
+    A Casbin line holds what the enforcer needs (subject, pattern, effect, conditions, id), not
+    the up to 500 characters of a description (the spare ``v5`` column is 255). Every change
+    writes the lines and that version's rule list in one transaction (``_publish``), so the
+    newest version describes exactly the stored lines; without this the next change (which
+    reloads the lines) would publish the set without its descriptions."""
+    latest = await _latest(session, org_id, ruleset)
+    out: dict[str, str] = {}
+    for item in (latest.rules or []) if latest is not None else []:
+        if isinstance(item, dict):
+            rule_id, text = item.get("id"), item.get("description")
+            if isinstance(rule_id, str) and isinstance(text, str) and text and len(text) <= MAX_DESCRIPTION:
+                out[rule_id] = text
     return out
 
 
@@ -304,8 +328,6 @@ async def list_diffs(session: AsyncSession, org_id: str, limit: int, offset: int
 
 def with_rules(source: Any, rules: GatewayRules) -> Any:
     """``OrgPolicySource`` + the compiled rule indexes (live, and shadow if deployed)."""
-    import dataclasses
-
     from policies.rules import RuleIndex
 
     shadow = RuleIndex.build(rules.shadow, rules.shadow_version or 0) if rules.shadow is not None else None
