@@ -13,9 +13,10 @@ import msgspec
 from litestar import Controller, Request, get, post
 from litestar.status_codes import HTTP_200_OK
 
-from api.validation import Checker, has_control_chars
+from api.validation import Checker
 from core.clock import isoformat, utcnow
 from core.errors import Conflict, NotFound, Unprocessable
+from core.text import text_issue
 from gateway.approvals import ApprovalBase, wire
 from gateway.overrides import bound_action, issue_override
 from httpkit.auth import Caller, admit
@@ -80,8 +81,8 @@ def _free_text(c: Checker, field: str, value: str | None, max_len: int) -> None:
         return
     if len(value) > max_len:
         c.add(field, f"Must be at most {max_len} characters.")
-    elif has_control_chars(value.replace("\n", " ").replace("\t", " ").replace("\r", " ")):
-        c.add(field, "Must not contain control characters.")
+    elif (problem := text_issue(value, multiline=True)) is not None:  # the one text rule (core/text.py)
+        c.add(field, problem)
 
 
 def _not_pending(approval: Approval, now: datetime) -> Conflict:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 
 from core.errors import FieldIssue, ValidationFailed
+from core.text import is_clean, text_issue
 
 # \A...\Z, not ^...$: "$" also matches before a trailing newline ("acme\n" would pass).
 EMAIL = re.compile(r"\A[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9.\-]{1,253}\.[A-Za-z]{2,63}\Z", re.ASCII)
@@ -15,7 +16,8 @@ UAPK_ID = re.compile(r"\A[a-z0-9][a-z0-9-]{1,62}\Z", re.ASCII)
 
 
 def has_control_chars(value: str) -> bool:
-    return any(ord(c) < 32 or ord(c) == 127 or 0x80 <= ord(c) < 0xA0 or c in "\u200b\u200c\u200d\u2060\ufeff" for c in value)
+    """Control, bidirectional or invisible characters (the one rule: core/text.py)."""
+    return not is_clean(value)
 
 
 class Checker:
@@ -34,8 +36,8 @@ class Checker:
             self.add(field, "Must not be empty.")
         elif len(value) > max_len:
             self.add(field, f"Must be at most {max_len} characters.")
-        elif has_control_chars(value):
-            self.add(field, "Must not contain control characters.")
+        elif (problem := text_issue(value)) is not None:
+            self.add(field, problem)
 
     def pattern(self, field: str, value: str, regex: re.Pattern[str], issue: str) -> None:
         if not regex.match(value):

@@ -31,6 +31,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Literal
 
 from core.errors import FieldIssue, ValidationFailed
+from core.text import text_issue
 from gateway.schemas import GatewayActionRequest
 from policies.capabilities import is_concrete
 from policies.compile import AgentPolicy, CompiledOrg
@@ -110,6 +111,9 @@ def required_capability(req: GatewayActionRequest) -> str:
       ``require_human_approval`` and deny rules (only the label reached those checks).
     * ``amount`` is a finite number >= 0: a negative one would slip under every
       ``amount_above`` rule and every token ``max_amount``.
+    * text shown to approvers (``description``, ``currency``, every counterparty field) holds
+      no control, bidirectional or invisible characters (``core.text``: ANSI escapes, CR/LF,
+      U+202E, zero-width characters); ``tool`` and ``type`` are capability segments already.
     """
     action = req.action
     issues: list[FieldIssue] = []
@@ -131,9 +135,23 @@ def required_capability(req: GatewayActionRequest) -> str:
     # can still carry a negative number, inf or NaN (``not amount >= 0`` is true for NaN).
     if amount is not None and (isinstance(amount, bool) or not math.isfinite(amount) or not amount >= 0):
         issues.append(FieldIssue("action.amount", "Must be a finite number, at least 0."))
+    _shown_text(req, issues)
     if issues:
         raise ValidationFailed(details=issues)
     return cap
+
+
+def _shown_text(req: GatewayActionRequest, issues: list[FieldIssue]) -> None:
+    action, cp = req.action, req.counterparty
+    texts = [("action.description", action.description), ("action.currency", action.currency)]
+    if cp is not None:
+        texts += [("counterparty.id", cp.id), ("counterparty.name", cp.name), ("counterparty.email", cp.email),
+                  ("counterparty.domain", cp.domain), ("counterparty.jurisdiction", cp.jurisdiction)]
+    for name, value in texts:
+        if value is not None:
+            problem = text_issue(value)
+            if problem is not None:
+                issues.append(FieldIssue(name, problem))
 
 
 class Pipeline:

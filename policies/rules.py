@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from core.errors import FieldIssue, ValidationFailed
+from core.text import text_issue
 from policies.capabilities import is_valid_pattern, matches
 
 RULES_MODEL_PATH = Path(__file__).parent / "rules_model.conf"
@@ -359,8 +360,10 @@ def parse_rule(raw: Any, where: str, auto_id: str | None = None) -> tuple[Rule |
     desc = raw.get("description", "")
     if desc is None:
         desc = ""
-    if not isinstance(desc, str) or len(desc) > 500 or any(ord(c) < 32 and c not in "\t" for c in desc):
+    if not isinstance(desc, str) or len(desc) > 500:
         issues.append(FieldIssue(f"{pre}description", "At most 500 characters, no control characters."))
+    elif (problem := text_issue(desc)) is not None:  # shown to people: the one text rule (core/text.py)
+        issues.append(FieldIssue(f"{pre}description", problem))
     cond_raw = raw.get("conditions")
     if isinstance(cond_raw, str):
         cond, cond_issues = parse_condition_string(cond_raw, f"{pre}conditions")

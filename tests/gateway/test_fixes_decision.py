@@ -121,3 +121,67 @@ async def test_negative_amount_cannot_pass_a_token_max_amount(client: Any, org: 
     assert ok["decision"] == "allow"
     over = await decide(client, key, action(tool="payments", type="send", amount=100.5, capability_token=tok))
     assert over["reasons"][0]["code"] == "capability_not_in_token"
+
+
+# --- 9. text shown to approvers ---------------------------------------------------------------
+HOSTILE = {
+    "ansi": "Refund \x1b[32mapproved\x1b[0m",
+    "crlf": "Refund 10 EUR\r\nApproved by finance",
+    "lone-cr": "delete everything\rread one record",
+    "rlo": "invoice\u202egnp.exe",
+    "zero-width": "pay\u200bpal",
+    "bom": "\ufeffhello",
+    "isolate": "a\u2066b\u2069",
+    "c1": "a\x9bb",
+    "del": "a\x7fb",
+}
+
+
+async def test_text_shown_to_approvers_is_refused_with_the_field_named(client: Any, org: Org) -> None:
+    await add_manifest(rt(client), org.org_id, "support-bot", approved=["payments:*"],
+                       require_human_approval=["payments:refund"])
+    key = await make_key(client, org, "agent")
+    h = {"X-API-Key": key}
+    for name, text in HOSTILE.items():
+        for path in (EXEC, EVAL):
+            body = assert_error(await client.post(path, json=action(tool="payments", type="refund", description=text),
+                                                  headers=h), 400, "VALIDATION_ERROR")
+            assert fields(body) == ["action.description"], (name, body)
+        for cp_field in ("id", "name", "email", "domain", "jurisdiction"):
+            bad = {**action(tool="payments", type="refund"), "counterparty": {cp_field: text}}
+            body = assert_error(await client.post(EXEC, json=bad, headers=h), 400, "VALIDATION_ERROR")
+            assert fields(body) == [f"counterparty.{cp_field}"], (name, body)
+    body = assert_error(await client.post(EXEC, json=action(tool="payments", type="refund", currency="EU\u200bR"),
+                                          headers=h), 400, "VALIDATION_ERROR")
+    assert fields(body) == ["action.currency"]
+    case = {"request": action(tool="payments", type="refund", description=HOSTILE["rlo"]), "expect": {"decision": "allow"}}
+    body = assert_error(await client.post(f"{policies(org)}/test", json={"cases": [case]}, headers=org.headers),
+                        400, "VALIDATION_ERROR")
+    assert fields(body) == ["cases.0.request.action.description"]
+    assert await approvals(client, org) == 0  # nothing reached an approver
+    # Ordinary text, accents, symbols and emoji are fine.
+    clean = {**action(tool="payments", type="refund", description="Remboursement de 10 € — café ☕ für Jürgen",
+                      amount=10, currency="EUR"),
+             "counterparty": {"name": "Zoë O'Brien", "email": "zoe@example.com", "jurisdiction": "DE"}}
+    out = await decide(client, key, clean)
+    assert out["decision"] == "escalate"
+    assert await approvals(client, org) == 1
+
+
+async def test_approver_notes_and_rule_descriptions_use_the_same_text_rule(client: Any, org: Org) -> None:
+    base = f"/api/v1/orgs/{org.org_id}/approvals/00000000-0000-0000-0000-000000000000"
+    for text in (HOSTILE["rlo"], HOSTILE["zero-width"], HOSTILE["lone-cr"], HOSTILE["ansi"]):
+        body = assert_error(await client.post(f"{base}/approve", json={"notes": text}, headers=org.headers),
+                            400, "VALIDATION_ERROR")
+        assert fields(body) == ["notes"]
+        body = assert_error(await client.post(f"{base}/deny", json={"reason": text}, headers=org.headers),
+                            400, "VALIDATION_ERROR")
+        assert fields(body) == ["reason"]
+    # Notes may span lines (LF, CRLF, TAB): they get past validation (then 404: no such approval).
+    r = await client.post(f"{base}/approve", json={"notes": "line one\r\nline two\n\tindented"}, headers=org.headers)
+    assert_error(r, 404, "NOT_FOUND")
+    for text in (HOSTILE["del"], HOSTILE["rlo"], HOSTILE["c1"]):
+        rule = {"subject": "*", "capability": "crm:delete", "effect": "deny", "description": text}
+        body = assert_error(await client.post(f"{policies(org)}/rules", json=rule, headers=org.headers),
+                            400, "VALIDATION_ERROR")
+        assert fields(body) == ["description"]
