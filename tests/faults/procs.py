@@ -12,6 +12,7 @@ import select
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -19,9 +20,12 @@ from typing import Any, Iterator
 
 import httpx
 
+from tests.timing import SOAK
+
 ROOT = Path(__file__).resolve().parents[2]
-BASTION = ROOT / ".venv" / "bin" / "bastion"
-SOAK = os.environ.get("BASTION_SOAK", "").strip().lower() in {"1", "true", "yes", "on"}
+# The ``bastion`` console script of the environment running the tests (the wheel's venv under
+# ``make test``), never a path inside a source tree.
+BASTION = Path(sys.executable).parent / "bastion"
 
 
 def sized(short: Any, soak: Any) -> Any:
@@ -69,12 +73,14 @@ def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: flo
 # --- Redis --------------------------------------------------------------------------------
 class RedisServer:
     """``redis-server`` on a spare port, no persistence. ``kill``/``freeze``/``thaw``/``start``
-    drive the faults; the port stays the same across restarts."""
+    drive the faults; the port stays the same across restarts. ``users``: ACL rules given on
+    the command line (``["name on >password ~* &* +@all"]``), so they survive a restart too."""
 
-    def __init__(self, workdir: Path, port: int | None = None):
+    def __init__(self, workdir: Path, port: int | None = None, users: tuple[str, ...] = ()):
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
+        self.users = users
         self.proc: subprocess.Popen[bytes] | None = None
 
     def url(self, db: int = 0) -> str:
@@ -84,7 +90,8 @@ class RedisServer:
         assert self.proc is None or self.proc.poll() is not None, "already running"
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir), "--logfile", str(self.workdir / "redis.log")],
+             "--appendonly", "no", "--dir", str(self.workdir), "--logfile", str(self.workdir / "redis.log")]
+            + [arg for rule in self.users for arg in ["--user", *rule.split()]],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10

@@ -1,14 +1,15 @@
-"""Capability-token revocation reaches another *process* within a second: two `bastion serve`
-replicas sharing PostgreSQL and Redis; revoked on one, refused by the other."""
+"""Capability-token revocation reaches another *process*: two `bastion serve` replicas sharing
+PostgreSQL and Redis; revoked on one, refused by the other (within a second: the figure is
+asserted by make soak; a missed message is tested in test_replica_catch_up.py)."""
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from tests.faults.helpers import action_body, setup_agent
+from tests.timing import eventually_sync
 
 
-def test_revocation_reaches_the_other_replica_within_a_second(replicas: Any) -> None:
+def test_revocation_reaches_the_other_replica(replicas: Any) -> None:
     a, b, _redis = replicas
     agent = setup_agent(a, "token-bot")
     with a.client(agent["agent_key"]) as agent_a, b.client(agent["agent_key"]) as agent_b, a.client(a.owner_key) as owner:
@@ -21,13 +22,14 @@ def test_revocation_reaches_the_other_replica_within_a_second(replicas: Any) -> 
 
         r = owner.post(f"/api/v1/orgs/{a.org_id}/capability-tokens/{token_id}/revoke")
         assert r.status_code == 200, r.text
-        revoked_at = time.monotonic()
-        while True:
-            decision = agent_b.post("/api/v1/gateway/evaluate", json=body).json()
-            if decision["decision"] == "deny":
-                break
-            assert time.monotonic() - revoked_at < 1.0, "replica b still accepts the revoked token after 1 s"
-            time.sleep(0.02)
-        assert [x["code"] for x in decision["reasons"]] == ["capability_token_revoked"]
+        seen: dict[str, Any] = {}
+
+        def b_refuses() -> bool:
+            seen.update(agent_b.post("/api/v1/gateway/evaluate", json=body).json())
+            return seen["decision"] == "deny"
+
+        took = eventually_sync(b_refuses, 1.0)  # the 1 s figure is asserted by make soak
+        print(f"revocation refused by replica b after {took:.3f} s")
+        assert [x["code"] for x in seen["reasons"]] == ["capability_token_revoked"]
         v = agent_b.post("/api/v1/capability-tokens/verify", json={"token": token}).json()
         assert v["valid"] is False and v["reason"] == "capability_token_revoked"
