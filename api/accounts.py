@@ -1,7 +1,6 @@
 """Login, organizations, members and API keys."""
 from __future__ import annotations
 
-import asyncio
 from typing import Any, Literal
 
 import msgspec
@@ -10,16 +9,17 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CON
 
 from api.validation import EMAIL, SLUG, UAPK_ID, Checker
 from core.clock import isoformat
-from core.errors import AuthenticationRequired, Conflict, NotFound, PermissionDenied
+from core.errors import AuthenticationRequired, Conflict, NotFound, PermissionDenied, RateLimited
 from core.tokens import SESSION_TYP, sign
 from gateway.audit import record_change
-from httpkit.auth import SESSION_AUDIENCE, Caller, admit, current_principal, limit_credential, rate_limit, require_credentials
+from httpkit.auth import SESSION_AUDIENCE, Caller, admit, current_principal, limit_credential, require_credentials
 from httpkit.pagination import page_params
+from httpkit.ratelimit import LoginThrottle, client_address
 from store import accounts
 from store.api_keys import display_prefix, generate_key, hash_key
 from store.changes import announce, bump_org_version
 from store.models import ApiKey
-from store.passwords import DUMMY_HASH, hash_password, verify_password
+from store.passwords import DUMMY_HASH, Hashing, HashingBusy
 from store.runtime import Runtime
 
 Role = Literal["owner", "admin", "approver", "policy_author", "viewer"]
@@ -126,6 +126,23 @@ def _key_out(k: ApiKey) -> ApiKeyOut:
     )
 
 
+def _hashing(request: Request[Any, Any, Any]) -> Hashing:
+    """This process's password-hashing slots (BASTION_LOGIN_HASH_CONCURRENCY), made on first use
+    inside the app's event loop."""
+    state = request.app.state
+    hashing = getattr(state, "password_hashing", None)
+    if hashing is None:
+        hashing = state.password_hashing = Hashing(_runtime(request).settings.login_hash_concurrency)
+    return hashing  # type: ignore[no-any-return]
+
+
+def _throttled(request: Request[Any, Any, Any], headers: dict[str, str], retry_after: int) -> None:
+    # Added to the response (success or error) by httpkit.context.RequestContext.
+    request.scope.setdefault("state", {})["response_headers"] = headers
+    if retry_after:
+        raise RateLimited(f"Too many failed logins. Retry after {retry_after} s.", retry_after)
+
+
 def _check_password(c: Checker, field: str, password: str | None) -> None:
     if password is None:
         c.add(field, "Field is required.")
@@ -144,15 +161,24 @@ def _check_password(c: Checker, field: str, password: str | None) -> None:
 )
 async def login(request: Request[Any, Any, Any], data: LoginRequest) -> LoginResponse:
     runtime = _runtime(request)
-    email = data.email.strip().lower()
-    # Heavy tier, keyed by the email: slows password guessing against one account.
-    await rate_limit(request, "heavy", "login:" + email[:254])
+    email = data.email.strip().lower()[:254]
+    # Failed attempts are limited per client address, per email and globally (LoginThrottle);
+    # the check runs again inside the hashing slot, so a queue of guesses that all passed the
+    # first check cannot overshoot by more than the slots.
+    throttle = LoginThrottle(request.app.state.rate_limiter, client_address(request.scope), email)
+    _throttled(request, *await throttle.admit_attempt())
     async with runtime.sessions() as session:
         user = await accounts.get_user_by_email(session, email)
-    # Hash even for unknown emails so timing does not reveal which emails exist.
-    ok = await asyncio.to_thread(verify_password, data.password[:1024], user.password_hash if user else DUMMY_HASH)
-    if user is None or not ok:
-        raise AuthenticationRequired("Invalid email or password.")
+    try:
+        async with _hashing(request).slot():
+            _throttled(request, *await throttle.check())
+            # Hash even for unknown emails so timing does not reveal which emails exist.
+            ok = await Hashing.verify(data.password[:1024], user.password_hash if user else DUMMY_HASH)
+            if user is None or not ok:
+                await throttle.failed()
+                raise AuthenticationRequired("Invalid email or password.")
+    except HashingBusy:
+        raise RateLimited("Too many logins in progress. Retry after 1 s.", 1) from None
     ttl = runtime.settings.session_ttl_seconds
     token = sign(
         runtime.keys, SESSION_TYP,
@@ -245,7 +271,13 @@ class MemberController(Controller):
         c.check()
         _require_manage(caller, data.role)
         runtime = _runtime(request)
-        pw_hash = await asyncio.to_thread(hash_password, data.password) if data.password else None
+        pw_hash = None
+        if data.password:
+            try:
+                async with _hashing(request).slot():
+                    pw_hash = await Hashing.hash(data.password)
+            except HashingBusy:
+                raise RateLimited("Too many password hashes in progress. Retry after 1 s.", 1) from None
         async with runtime.sessions() as session, session.begin():
             user = await accounts.get_user_by_email(session, email)
             if user is None:

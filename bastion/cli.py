@@ -186,6 +186,12 @@ def startup_bootstrap(settings: Settings) -> dict[str, Any] | None:
     return line
 
 
+def uvicorn_proxy_options(settings: Settings) -> dict[str, Any]:
+    if not settings.trusted_proxies:
+        return {"proxy_headers": False}
+    return {"proxy_headers": True, "forwarded_allow_ips": list(settings.trusted_proxies)}
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -214,7 +220,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         loop="auto",
         http="auto",
         lifespan="on",
-        proxy_headers=False,
+        # The client address (login throttling, logs) comes from X-Forwarded-For only when the
+        # peer is a trusted proxy; with none configured the header is ignored.
+        **uvicorn_proxy_options(settings),
         server_header=False,
     )
     return 0

@@ -130,6 +130,12 @@ class Settings:
     gateway_key_per_minute: int = 0
     # Session tokens (login).
     session_ttl_seconds: int = 3600
+    # Login: failed attempts from all addresses per minute before repeat offenders are refused,
+    # and how many password hashes (scrypt, ~16 MiB each) run at once.
+    login_failures_per_minute: int = 600
+    login_hash_concurrency: int = 4
+    # Peers whose X-Forwarded-For names the client (IPs or CIDR networks); empty = ignore it.
+    trusted_proxies: tuple[str, ...] = ()
     # Defaults applied when a manifest defines no quota.
     default_max_actions_per_hour: int = 1000
     default_max_actions_per_day: int = 10000
@@ -184,6 +190,9 @@ _SPEC: dict[str, tuple[str, Callable[[str], object]]] = {
     "BASTION_RATE_LIMITS_ENABLED": ("rate_limits_enabled", _bool("BASTION_RATE_LIMITS_ENABLED")),
     "BASTION_GATEWAY_KEY_PER_MINUTE": ("gateway_key_per_minute", _int("BASTION_GATEWAY_KEY_PER_MINUTE", 0, 10**8)),
     "BASTION_SESSION_TTL_SECONDS": ("session_ttl_seconds", _int("BASTION_SESSION_TTL_SECONDS", 60, 7 * 86400)),
+    "BASTION_LOGIN_FAILURES_PER_MINUTE": ("login_failures_per_minute", _int("BASTION_LOGIN_FAILURES_PER_MINUTE", 1, 10**7)),
+    "BASTION_LOGIN_HASH_CONCURRENCY": ("login_hash_concurrency", _int("BASTION_LOGIN_HASH_CONCURRENCY", 1, 256)),
+    "BASTION_TRUSTED_PROXIES": ("trusted_proxies", lambda raw: _networks("BASTION_TRUSTED_PROXIES", raw)),
     "BASTION_DEFAULT_MAX_ACTIONS_PER_HOUR": ("default_max_actions_per_hour", _int("BASTION_DEFAULT_MAX_ACTIONS_PER_HOUR", 1, 10**9)),
     "BASTION_DEFAULT_MAX_ACTIONS_PER_DAY": ("default_max_actions_per_day", _int("BASTION_DEFAULT_MAX_ACTIONS_PER_DAY", 1, 10**9)),
     "BASTION_APPROVAL_TTL_SECONDS": ("approval_ttl_seconds", _int("BASTION_APPROVAL_TTL_SECONDS", 60, 30 * 86400)),
@@ -202,6 +211,21 @@ _SPEC: dict[str, tuple[str, Callable[[str], object]]] = {
     "BASTION_BOOTSTRAP_ADMIN_EMAIL": ("bootstrap_admin_email", _str("BASTION_BOOTSTRAP_ADMIN_EMAIL")),
     "BASTION_BOOTSTRAP_ADMIN_PASSWORD": ("bootstrap_admin_password", _str("BASTION_BOOTSTRAP_ADMIN_PASSWORD")),
 }
+
+
+def _networks(name: str, raw: str) -> tuple[str, ...]:
+    """Comma-separated IP addresses or CIDR networks (``10.0.0.0/8``, ``::1``)."""
+    import ipaddress
+
+    out: list[str] = []
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        try:
+            out.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise ConfigError(f"{name}: not an IP address or network: {item!r}") from None
+    return tuple(out)
 
 
 def _level(raw: str) -> str:

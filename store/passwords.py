@@ -1,10 +1,13 @@
-"""Password hashing: scrypt (stdlib), salted, run in a worker thread by callers."""
+"""Password hashing: scrypt (stdlib), salted, run in worker threads through ``Hashing``."""
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import os
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
 
 _N, _R, _P, _LEN = 2**14, 8, 1, 32
 
@@ -32,3 +35,45 @@ def verify_password(password: str, encoded: str) -> bool:
 
 # A hash of a random password: login with an unknown email spends the same time as a known one.
 DUMMY_HASH = hash_password(os.urandom(16).hex())
+
+
+class HashingBusy(Exception):
+    """Too many password hashes are already waiting for a slot."""
+
+
+class Hashing:
+    """At most ``concurrency`` password hashes at once in this process (each scrypt takes
+    ~16 MiB and a core for tens of milliseconds: unbounded, a login flood takes the machine),
+    and at most ``max_waiting`` callers queued for a slot (beyond that: ``HashingBusy``).
+    Callers may do more work inside ``slot()`` (a last rate-limit check, counting a failure)
+    so that the next waiter sees it."""
+
+    def __init__(self, concurrency: int, max_waiting: int | None = None):
+        self.concurrency = concurrency
+        self.max_waiting = max_waiting if max_waiting is not None else 32 * concurrency
+        self._sem = asyncio.Semaphore(concurrency)
+        self._waiting = 0
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        if self._sem.locked() and self._waiting >= self.max_waiting:
+            raise HashingBusy()
+        self._waiting += 1
+        try:
+            await self._sem.acquire()
+        finally:
+            self._waiting -= 1
+        try:
+            yield
+        finally:
+            self._sem.release()
+
+    @staticmethod
+    async def verify(password: str, encoded: str) -> bool:
+        """Inside ``slot()``. (Looked up at call time: tests replace ``verify_password``.)"""
+        return await asyncio.to_thread(lambda: verify_password(password, encoded))
+
+    @staticmethod
+    async def hash(password: str) -> str:
+        """Inside ``slot()``."""
+        return await asyncio.to_thread(lambda: hash_password(password))
