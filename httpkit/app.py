@@ -8,13 +8,13 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 from litestar import Litestar
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import OpenAPIConfig, ResponseSpec
-from litestar.openapi.plugins import ScalarRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.routes import HTTPRoute
 from litestar.types import ControllerRouterHandler
 
 from httpkit.auth import Authenticator, management_credentials
 from httpkit.context import RequestContext
+from httpkit.docs_page import DocsPage, docs_router
 from httpkit.errors import EXCEPTION_HANDLERS, ErrorBody
 from httpkit.ratelimit import OrgRateLimiter
 from httpkit.request import BastionRequest
@@ -55,7 +55,9 @@ def build_app(
             title=title,
             version="1.0.0",
             path="/schema",
-            render_plugins=[ScalarRenderPlugin()],
+            # The docs page's assets come from this server (pinned), never from a CDN.
+            render_plugins=[DocsPage(title)],
+            openapi_router=docs_router("/schema"),
             components=Components(
                 security_schemes={
                     "ApiKey": SecurityScheme(
