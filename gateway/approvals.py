@@ -3,9 +3,10 @@ its override token, and the approval's wire representation (shared by the agent 
 the management API)."""
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import msgspec
 
@@ -31,6 +32,39 @@ def hash_for(
     )
 
 
+def _digest(org_id: str, uapk_id: str, agent_id: str, capability: str, action: dict[str, Any],
+            counterparty: dict[str, Any] | None) -> str:
+    try:
+        return hash_for(org_id, uapk_id, agent_id, capability, action, counterparty)
+    except ValueError:
+        # e.g. an integer beyond 2**53 in params: no override can ever match it (approving it
+        # answers 422), and it joins no other approval; still recorded for a human to deny.
+        return ""
+
+
+async def _insert(
+    session: Any, runtime: Runtime, *, org_id: str, uapk_id: str, agent_id: str, capability: str,
+    action: dict[str, Any], counterparty: dict[str, Any] | None, digest: str, reasons: list[dict[str, Any]],
+    interaction_id: str, key_id: str | None, now: datetime,
+) -> str:
+    row = await repo.insert(
+        session,
+        org_id=org_id,
+        uapk_id=uapk_id,
+        agent_id=agent_id,
+        capability=capability,
+        action=action,
+        counterparty=counterparty,
+        action_hash=digest,
+        reasons=reasons,
+        interaction_id=interaction_id,
+        requested_by_key=key_id,
+        created_at=now,
+        expires_at=now + timedelta(seconds=runtime.settings.approval_ttl_seconds),
+    )
+    return row.id
+
+
 async def create_approval(
     runtime: Runtime,
     *,
@@ -44,32 +78,110 @@ async def create_approval(
     key_id: str | None,
     counterparty: dict[str, Any] | None = None,
 ) -> str:
-    """Insert a PENDING approval for an escalated action; returns its id. It expires
-    ``Settings.approval_ttl_seconds`` (default 24 h) after creation."""
+    """Insert a PENDING approval, unconditionally; returns its id. It expires
+    ``Settings.approval_ttl_seconds`` (default 24 h) after creation. The gateway uses
+    :func:`escalate` (which joins and limits); this is the bare insert."""
     now = utcnow()
-    try:
-        digest = hash_for(org_id, uapk_id, agent_id, capability, action, counterparty)
-    except ValueError:
-        # Cannot happen for actions that passed the gateway's JSON validation; an approval
-        # that no override can ever match is still better than losing the request.
-        digest = ""
+    digest = _digest(org_id, uapk_id, agent_id, capability, action, counterparty)
     async with runtime.sessions() as session, session.begin():
-        row = await repo.insert(
-            session,
-            org_id=org_id,
-            uapk_id=uapk_id,
-            agent_id=agent_id,
-            capability=capability,
-            action=action,
-            counterparty=counterparty,
-            action_hash=digest,
-            reasons=reasons,
-            interaction_id=interaction_id,
-            requested_by_key=key_id,
-            created_at=now,
-            expires_at=now + timedelta(seconds=runtime.settings.approval_ttl_seconds),
+        return await _insert(
+            session, runtime, org_id=org_id, uapk_id=uapk_id, agent_id=agent_id, capability=capability,
+            action=action, counterparty=counterparty, digest=digest, reasons=reasons,
+            interaction_id=interaction_id, key_id=key_id, now=now,
         )
-        approval_id = row.id
+
+
+TOO_MANY_PENDING = "too_many_pending_approvals"
+
+
+class EscalationAudit:
+    """Wraps the execute's ``gateway.audit.DecisionRecorder`` for the pipeline: an escalation's
+    event does not ride along with the quota call (the approval step may still turn it into a
+    deny); :func:`escalate` records it, with the final outcome, before its transaction
+    commits. Every other outcome is handed over as before."""
+
+    def __init__(self, recorder: Any):
+        self.recorder = recorder
+
+    def quota_entry(self, d: Any, escalate: Any = None) -> Any:
+        if escalate is not None:
+            return None
+        return self.recorder.quota_entry(d, escalate)
+
+
+def _agent_lock(runtime: Runtime, org_id: str, uapk_id: str) -> asyncio.Lock:
+    # In-process first (cheap, and no pooled connection waits on the database lock), then
+    # the database lock for other processes (store.approvals.lock_agent).
+    locks: dict[tuple[str, str], asyncio.Lock] = runtime.extras.setdefault("approval_locks", {})
+    lock = locks.get((org_id, uapk_id))
+    if lock is None:
+        lock = locks[(org_id, uapk_id)] = asyncio.Lock()
+    return lock
+
+
+async def escalate(
+    runtime: Runtime,
+    d: Any,
+    req: Any,
+    *,
+    org_id: str,
+    interaction_id: str,
+    key_id: str | None,
+    record: Callable[[Any], Awaitable[None]],
+) -> str | None:
+    """The approval of an escalated execute (``d``: the pipeline's Decision, ``req``: the
+    GatewayActionRequest). Returns its id, or ``None`` after turning ``d`` into a deny.
+
+    * The identical action (same action hash: same agent, same bound fields) already waiting
+      for a human: that approval's id (the repeat joins it; nothing new for approvers).
+    * Otherwise a new approval, unless the agent (org, uapk_id) already holds as many pending
+      approvals as it could still use: its remaining daily quota, and at most
+      ``Settings.max_pending_approvals``. Then ``d`` becomes ``deny``,
+      ``too_many_pending_approvals``: escalations spend no quota, so without this bound an
+      agent could flood its approvers.
+
+    One transaction, serialized per agent (in-process lock + ``repo.lock_agent``), so
+    concurrent escalations can neither exceed the bound nor duplicate an action. ``record``
+    (the decision's audit hand-over) is awaited with the final outcome before the commit:
+    an outcome that cannot be audited is not kept (it raises, 503)."""
+    from gateway.pipeline import Reason, Step
+
+    uapk_id, agent_id = req.uapk_id, req.agent_id
+    action = msgspec.to_builtins(req.action)
+    counterparty = msgspec.to_builtins(req.counterparty) if req.counterparty is not None else None
+    digest = _digest(org_id, uapk_id, agent_id, d.capability, action, counterparty)
+    cap = runtime.settings.max_pending_approvals
+    remaining = d.quota.day_remaining if d.quota is not None else cap
+    limit = min(cap, remaining)
+    async with _agent_lock(runtime, org_id, uapk_id):
+        async with runtime.sessions() as session, session.begin():
+            await repo.lock_agent(session, org_id, uapk_id)
+            now = utcnow()
+            existing = await repo.find_pending(session, org_id, uapk_id, agent_id, digest, now) if digest else None
+            if existing is not None:
+                await record(d)
+                return existing.id
+            pending = await repo.count_pending(session, org_id, uapk_id, now)
+            if pending >= limit:
+                why = (f"its remaining daily quota ({remaining})" if remaining < cap
+                       else f"the limit of {cap} (BASTION_MAX_PENDING_APPROVALS)")
+                reason = Reason(
+                    TOO_MANY_PENDING,
+                    f"'{uapk_id}' already has {pending} approvals waiting for a human, as many as it may hold: "
+                    f"{why}. Wait for a decision, or repeat an action that is already waiting.",
+                    {"capability": d.capability, "pending": pending, "limit": limit,
+                     "max_pending_approvals": cap, "day_remaining": remaining},
+                )
+                d.decision, d.reasons = "deny", [reason]
+                d.trace.append(Step("pending_approvals", "fail", reason.message, f"max_pending_approvals:{limit}"))
+                await record(d)
+                return None
+            approval_id = await _insert(
+                session, runtime, org_id=org_id, uapk_id=uapk_id, agent_id=agent_id, capability=d.capability,
+                action=action, counterparty=counterparty, digest=digest, reasons=[r.as_dict() for r in d.reasons],
+                interaction_id=interaction_id, key_id=key_id, now=now,
+            )
+            await record(d)
     return approval_id
 
 

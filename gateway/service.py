@@ -12,8 +12,6 @@ import logging
 import uuid
 from typing import Any
 
-import msgspec
-
 from core.clock import isoformat
 from core.tasks import cancel, every
 from gateway.audit import DecisionRecorder
@@ -124,25 +122,20 @@ class Gateway:
         interaction_id = str(uuid.uuid4())
         rec = DecisionRecorder(self.audit, org_id=org_id, kind="gateway.execute", req=req, actor=actor,
                                request_id=request_id, interaction_id=interaction_id)
-        d = await self.decide(org_id, req, spend=True, uapk_ids=uapk_ids, audit=rec)
-        await rec.done(d)  # raises (503) when the event cannot be queued: no answer without it
+        from gateway.approvals import EscalationAudit, escalate
+
+        # An escalation is audited by the approval step, which may still turn it into a deny.
+        d = await self.decide(org_id, req, spend=True, uapk_ids=uapk_ids, audit=EscalationAudit(rec))
         approval_id: str | None = None
         if d.decision == "escalate":
-            from gateway.approvals import create_approval
-
-            approval_id = await create_approval(
-                self.runtime,
-                org_id=org_id,
-                uapk_id=req.uapk_id,
-                agent_id=req.agent_id,
-                capability=d.capability,
-                action=msgspec.to_builtins(req.action),
-                counterparty=msgspec.to_builtins(req.counterparty) if req.counterparty is not None else None,
-                reasons=[r.as_dict() for r in d.reasons],
-                interaction_id=interaction_id,
-                key_id=key_id,
+            # Joins the identical pending approval, or creates one within the agent's bound
+            # (else d becomes a deny); records the audit event before its commit.
+            approval_id = await escalate(
+                self.runtime, d, req, org_id=org_id, interaction_id=interaction_id, key_id=key_id, record=rec.done,
             )
-        elif d.decision == "allow" and d.override_consumed and d.override is not None:
+        else:
+            await rec.done(d)  # raises (503) when the event cannot be queued: no answer without it
+        if d.decision == "allow" and d.override_consumed and d.override is not None:
             # Refused at once by this process; by the others via the bus and the database.
             self.used_overrides.add(d.override.jti, d.override.expires_at)
             self._record_override_use(org_id, d.override.approval_id, d.override.jti, d.override.expires_at)

@@ -10,10 +10,11 @@ two concurrent decisions exactly one changes the row, the other sees ``rowcount 
 """
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 from typing import Any, Sequence
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from store.models import Approval, new_id
@@ -66,6 +67,55 @@ async def insert(
     session.add(row)
     await session.flush()
     return row
+
+
+async def lock_agent(session: AsyncSession, org_id: str, uapk_id: str) -> None:
+    """Serialize escalations of one agent (org, uapk_id) until the transaction ends, across
+    processes, so that "find the identical pending approval, count the pending ones, insert"
+    is atomic. Must be the transaction's first statement.
+
+    PostgreSQL: a transaction-scoped advisory lock on a 64-bit key derived from the agent.
+    SQLite: a write statement (matching no row) takes the database's write lock before
+    anything is read (no stale read, no failed lock upgrade); other writers wait for it."""
+    dialect = session.bind.dialect.name if session.bind is not None else ""
+    if dialect == "postgresql":
+        digest = hashlib.sha256(f"bastion:approvals:{org_id}:{uapk_id}".encode()).digest()
+        key = int.from_bytes(digest[:8], "big", signed=True)
+        await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+    else:
+        await session.execute(
+            update(Approval).where(Approval.id == "").values(status=Approval.status)
+            .execution_options(synchronize_session=False)
+        )
+
+
+async def find_pending(
+    session: AsyncSession, org_id: str, uapk_id: str, agent_id: str, action_hash: str, now: datetime
+) -> Approval | None:
+    """The oldest pending, unexpired approval of exactly this action (same action hash)."""
+    return (
+        await session.execute(
+            select(Approval)
+            .where(
+                Approval.org_id == org_id, Approval.uapk_id == uapk_id, Approval.agent_id == agent_id,
+                Approval.action_hash == action_hash, Approval.status == PENDING, Approval.expires_at > now,
+            )
+            .order_by(Approval.created_at, Approval.id)
+            .limit(1)
+        )
+    ).scalar_one_or_none()
+
+
+async def count_pending(session: AsyncSession, org_id: str, uapk_id: str, now: datetime) -> int:
+    """Pending, unexpired approvals of one agent (every agent_id instance of the uapk_id)."""
+    return int((
+        await session.execute(
+            select(func.count()).select_from(Approval).where(
+                Approval.org_id == org_id, Approval.uapk_id == uapk_id, Approval.status == PENDING,
+                Approval.expires_at > now,
+            )
+        )
+    ).scalar_one())
 
 
 async def get(session: AsyncSession, org_id: str, approval_id: str) -> Approval | None:

@@ -50,7 +50,8 @@ async def _events(c: httpx.AsyncClient, org: str, key: str, done: Any, wait: flo
 
 
 async def test_sigkill_mid_load_loses_no_acknowledged_write(redis_server: RedisServer, bastion_factory: Any) -> None:
-    server = bastion_factory(redis_server.url())
+    # More pending approvals at once than the default bound of 20 per agent.
+    server = bastion_factory(redis_server.url(), BASTION_MAX_PENDING_APPROVALS="1000")
     agent = setup_agent(server, "crash-bot", hour=10**6, day=10**6, human=["stripe:refund"])
     org = server.org_id
     agent_h = {"X-API-Key": agent["agent_key"]}

@@ -40,8 +40,9 @@ async def test_embedded_quota_override_and_approval_races(client: Any, org: Org)
     agent2 = {"X-API-Key": await make_key(client, org, "agent", ["emb-bot-2"])}
     body = action(uapk_id="emb-bot-2", tool="stripe", type="refund", amount=5.0, currency="EUR")
     ids = []
-    for _ in range(2):
-        r = await client.post(EXECUTE, json=body, headers=agent2)
+    # Two different actions (a repeat of one pending action would join its approval).
+    for amount in (4.0, 5.0):
+        r = await client.post(EXECUTE, json={**body, "action": {**body["action"], "amount": amount}}, headers=agent2)
         assert r.json()["decision"] == "escalate", r.text
         ids.append(r.json()["approval_id"])
     # One approval raced by approve and deny.

@@ -3,14 +3,19 @@ backends (SQLite embedded; PostgreSQL + Redis).
 
 * item 3: an override token is bound to the whole action (tool, type, capability, params,
   amount, currency, description, every counterparty field), and the approver sees them all.
+* item 7: an agent holds at most as many pending approvals as it could still use (its
+  remaining daily quota, at most BASTION_MAX_PENDING_APPROVALS); the identical action joins
+  its pending approval. Exact under concurrency, also across processes.
 """
 from __future__ import annotations
 
+import asyncio
 import copy
 import functools
 from typing import Any
 
 import msgspec
+import pytest
 
 from core.settings import load_settings
 from gateway.overrides import check_override, issue_override
@@ -180,3 +185,166 @@ async def test_type_and_tool_are_bound_in_the_pipeline(tmp_path: Any) -> None:
         assert d.decision == "deny" and d.reasons[0].code == "override_token_action_mismatch", (tool, type_, d.reasons)
     d = await p.decide(req("payments", "transfer"), o, spend=False, capability="payments:transfer")
     assert d.decision == "allow" and d.reasons[0].code == "override_token_accepted", d.reasons
+
+
+# --- item 7: an agent cannot flood its approvers -----------------------------------------------
+def _transfer(n: int) -> dict[str, Any]:
+    return {**TRANSFER, "params": {"iban": "DE89370400440532013000", "invoice": n}}
+
+
+async def _pending(client: Any, org: Org) -> list[str]:
+    r = await client.get(_approvals(org), params={"status": "pending", "limit": 100}, headers=org.headers)
+    assert r.status_code == 200, r.text
+    return [a["approval_id"] for a in r.json()["items"]]
+
+
+async def test_pending_approvals_bounded_by_the_remaining_daily_quota(client: Any, org: Org) -> None:
+    """The issue's case: 8 escalating executes with max_actions_per_day 2 opened 8 approvals."""
+    await _manifest(client, org, max_actions_per_day=2)
+    agent = await _agent(client, org)
+    results = await asyncio.gather(*(_execute(client, agent, action=_transfer(i)) for i in range(8)))
+    escalated = [b for b in results if b["decision"] == "escalate"]
+    denied = [b for b in results if b["decision"] == "deny"]
+    assert len(escalated) == 2 and len({b["approval_id"] for b in escalated}) == 2, results
+    assert len(denied) == 6 and all(_codes(b) == ["too_many_pending_approvals"] for b in denied), denied
+    assert all(b["approval_id"] is None for b in denied)
+    details = denied[0]["reasons"][0]["details"]
+    assert details["pending"] == 2 and details["limit"] == 2 and details["day_remaining"] == 2
+    assert sorted(await _pending(client, org)) == sorted(b["approval_id"] for b in escalated)
+
+    # Spending quota lowers the bound: approve one and use it (1 of 2 spent) -> 1 pending at most,
+    # and one is still pending, so a new action is refused...
+    token = (await _approve(client, org, escalated[0]["approval_id"]))["override_token"]
+    first = results.index(escalated[0])
+    assert (await _execute(client, agent, action=_transfer(first), token=token))["decision"] == "allow"
+    assert _codes(await _execute(client, agent, action=_transfer(100))) == ["too_many_pending_approvals"]
+    # ...until a human decides it.
+    r = await client.post(f"{_approvals(org)}/{escalated[1]['approval_id']}/deny", json={}, headers=org.headers)
+    assert r.status_code == 200, r.text
+    assert (await _execute(client, agent, action=_transfer(100)))["decision"] == "escalate"
+
+
+async def test_pending_approvals_bounded_by_the_setting(settings_factory: Any) -> None:
+    from bastion.app import create_app
+    from tests.conftest import bootstrap_org, serve_app
+
+    async with serve_app(create_app(settings_factory(max_pending_approvals=3))) as c:
+        org = await bootstrap_org(c.app)
+        await _manifest(c, org)  # 1000 actions a day: the setting binds first
+        agent = await _agent(c, org)
+        results = await asyncio.gather(*(_execute(c, agent, action=_transfer(i)) for i in range(12)))
+        assert [b["decision"] for b in results].count("escalate") == 3, results
+        denied = [b for b in results if b["decision"] == "deny"]
+        assert len(denied) == 9 and {_codes(b)[0] for b in denied} == {"too_many_pending_approvals"}
+        assert denied[0]["reasons"][0]["details"]["limit"] == 3
+        # Every agent_id instance of the manifest shares the bound.
+        assert _codes(await _execute(c, agent, action=_transfer(50), agent_id="agent-2")) == ["too_many_pending_approvals"]
+        # Expired approvals do not count.
+        await _expire_all(c)
+        assert (await _execute(c, agent, action=_transfer(51)))["decision"] == "escalate"
+
+
+async def _expire_all(client: Any) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from sqlalchemy import update
+
+    from store.models import Approval
+
+    async with client.app.state.runtime.sessions() as s, s.begin():
+        await s.execute(update(Approval).values(expires_at=datetime.now(timezone.utc) - timedelta(seconds=1)))
+
+
+def test_max_pending_approvals_setting() -> None:
+    from core.settings import ConfigError
+
+    assert load_settings(env={}).max_pending_approvals == 20
+    assert load_settings(env={"BASTION_MAX_PENDING_APPROVALS": "5"}).max_pending_approvals == 5
+    for bad in ("0", "-1", "x"):
+        with pytest.raises(ConfigError, match="BASTION_MAX_PENDING_APPROVALS"):
+            load_settings(env={"BASTION_MAX_PENDING_APPROVALS": bad})
+
+
+async def test_repeated_identical_escalation_joins_the_pending_approval(settings_factory: Any) -> None:
+    from bastion.app import create_app
+    from tests.conftest import bootstrap_org, serve_app
+
+    async with serve_app(create_app(settings_factory(max_pending_approvals=2))) as c:
+        org = await bootstrap_org(c.app)
+        await _manifest(c, org)
+        agent = await _agent(c, org)
+        results = await asyncio.gather(*(_execute(c, agent, counterparty=ALICE) for _ in range(10)))
+        assert {b["decision"] for b in results} == {"escalate"}, results
+        ids = {b["approval_id"] for b in results}
+        assert len(ids) == 1 and await _pending(c, org) == list(ids)
+        joined = ids.pop()
+        # Anything else is another action: another approval (same order of fields or not).
+        other = await _execute(c, agent, counterparty={**ALICE, "jurisdiction": "AT"})
+        assert other["decision"] == "escalate" and other["approval_id"] != joined
+        # At the bound, a new action is refused, but a repeat still joins (it adds nothing).
+        assert _codes(await _execute(c, agent, action=_transfer(1), counterparty=ALICE)) == ["too_many_pending_approvals"]
+        again = await _execute(c, agent, counterparty={"jurisdiction": "DE", **ALICE})
+        assert again["decision"] == "escalate" and again["approval_id"] == joined
+        # Another agent instance with the same action is another action (it is bound to its agent).
+        assert _codes(await _execute(c, agent, counterparty=ALICE, agent_id="agent-2")) == ["too_many_pending_approvals"]
+        # Once decided, the same action escalates afresh.
+        assert (await c.post(f"{_approvals(org)}/{joined}/deny", json={}, headers=org.headers)).status_code == 200
+        fresh = await _execute(c, agent, counterparty=ALICE)
+        assert fresh["decision"] == "escalate" and fresh["approval_id"] not in (joined, other["approval_id"])
+
+
+async def test_the_bound_holds_across_processes(settings_factory: Any) -> None:
+    """Two gateway apps (as two processes would) on one database: the database lock, not only
+    the in-process one, keeps the bound and the joining exact."""
+    from bastion.app import create_app
+    from tests.conftest import bootstrap_org, serve_app
+
+    settings = settings_factory(max_pending_approvals=4)
+    async with serve_app(create_app(settings)) as a, serve_app(create_app(settings)) as b:
+        org = await bootstrap_org(a.app)
+        await _manifest(a, org)
+        agent = await _agent(a, org)
+        calls = [_execute(a if i % 2 else b, agent, action=_transfer(i)) for i in range(12)]
+        calls += [_execute(b if i % 2 else a, agent, counterparty=ALICE) for i in range(8)]
+        results = await asyncio.gather(*calls)
+        distinct, same = results[:12], results[12:]
+        assert all(r["decision"] in ("escalate", "deny") for r in results)
+        # The identical action: one approval, shared by every repeat that got in.
+        same_ids = {r["approval_id"] for r in same if r["decision"] == "escalate"}
+        assert len(same_ids) <= 1
+        opened = {r["approval_id"] for r in results if r["decision"] == "escalate"}
+        assert len(opened) == 4 and sorted(await _pending(a, org)) == sorted(opened), results
+        assert {_codes(r)[0] for r in results if r["decision"] == "deny"} == {"too_many_pending_approvals"}
+        assert len([r for r in distinct if r["decision"] == "escalate"]) + len(same_ids) == 4
+
+
+async def test_refused_escalation_is_audited_as_a_deny(client: Any, org: Org) -> None:
+    await _manifest(client, org, max_actions_per_day=1)
+    agent = await _agent(client, org)
+    first = await _execute(client, agent, action=_transfer(1))
+    second = await _execute(client, agent, action=_transfer(2))
+    assert first["decision"] == "escalate" and _codes(second) == ["too_many_pending_approvals"]
+    await client.app.state.audit.flush()
+    r = await client.get(f"/api/v1/orgs/{org.org_id}/audit/events", params={"kind": "gateway.execute", "limit": 100},
+                         headers=org.headers)
+    assert r.status_code == 200, r.text
+    events = {e["interaction_id"]: e for e in r.json()["items"]}
+    assert events[first["interaction_id"]]["decision"] == "escalate"
+    refused = events[second["interaction_id"]]
+    assert refused["decision"] == "deny" and [x["code"] for x in refused["reasons"]] == ["too_many_pending_approvals"]
+
+
+async def test_escalation_that_cannot_be_audited_opens_no_approval(client: Any, org: Org, monkeypatch: Any) -> None:
+    from core.errors import ServiceUnavailable
+
+    await _manifest(client, org)
+    agent = await _agent(client, org)
+
+    async def refuse(event: Any) -> None:
+        raise ServiceUnavailable("The audit trail is not accepting events; nothing was done.")
+
+    monkeypatch.setattr(client.app.state.audit, "record", refuse)
+    r = await client.post("/api/v1/gateway/execute", json=_body(counterparty=ALICE), headers=agent)
+    assert r.status_code == 503, r.text
+    monkeypatch.undo()
+    assert await _pending(client, org) == []
