@@ -163,8 +163,23 @@ def _claims(d: dict[str, Any], kid: str) -> CapClaims:
 class RevocationList(ExpiringIds):
     """jti -> expiry of revoked capability tokens still worth remembering."""
 
-    def __init__(self) -> None:
+    def __init__(self, runtime: Runtime | None = None) -> None:
         super().__init__("capability_token_revoked", _revoked_loader)
+        self._runtime = runtime
+
+    async def on_change(self, message: dict[str, Any]) -> None:
+        await super().on_change(message)
+        if (message.get("kind") == "manifest" and message.get("status") in ("suspended", "revoked")
+                and self._runtime is not None):
+            # Suspending or revoking a manifest revokes its tokens in the same transaction
+            # (store.manifests.transition), without one message per token: learn them now, so
+            # that a later reactivation never finds them missing. The 2 s catch-up covers a
+            # message this process missed.
+            try:
+                await self.refresh(self._runtime)
+            except Exception:
+                log.warning("revocation refresh after a manifest change failed; the catch-up retries",
+                            exc_info=True)
 
 
 async def _revoked_loader(session: Any, since: datetime | None, now: datetime) -> list[tuple[str, datetime]]:
@@ -280,7 +295,7 @@ class TokenService:
 
     def __init__(self, runtime: Runtime):
         self.runtime = runtime
-        self.revocations = RevocationList()
+        self.revocations = RevocationList(runtime)
         self.verifier = CapabilityVerifier(runtime, self.revocations)
         self._task: asyncio.Task[None] | None = None
         runtime.bus.subscribe(self.revocations.on_change)

@@ -11,9 +11,15 @@ from store.models import CapabilityToken, Manifest
 
 
 async def active_manifest(session: AsyncSession, org_id: str, uapk_id: str) -> Manifest | None:
+    """The active manifest, share-locked until the caller's transaction ends (PostgreSQL): a
+    suspension waits for a token being issued against it and then revokes that token too, or
+    the issue waits for the suspension and finds no active manifest. Either way no token
+    issued against a suspended manifest escapes ``revoke_for_manifest``."""
     return (
         await session.execute(
-            select(Manifest).where(Manifest.org_id == org_id, Manifest.uapk_id == uapk_id, Manifest.status == "active")
+            select(Manifest)
+            .where(Manifest.org_id == org_id, Manifest.uapk_id == uapk_id, Manifest.status == "active")
+            .with_for_update(read=True)
         )
     ).scalars().first()
 
@@ -53,6 +59,25 @@ async def revoke(session: AsyncSession, org_id: str, token_id: str, by: str, whe
     if row is not None:
         await session.refresh(row)
     return row
+
+
+async def revoke_for_manifest(
+    session: AsyncSession, org_id: str, uapk_id: str, manifest_hash: str, by: str, when: datetime
+) -> int:
+    """Revoke every unexpired, unrevoked token issued against one manifest version; called in
+    the transaction that suspends or revokes it. A reactivated manifest has the same hash, so
+    without a revocation its old tokens would verify again. Returns how many were revoked."""
+    result = await session.execute(
+        update(CapabilityToken)
+        .where(
+            CapabilityToken.org_id == org_id, CapabilityToken.uapk_id == uapk_id,
+            CapabilityToken.manifest_hash == manifest_hash, CapabilityToken.revoked_at.is_(None),
+            CapabilityToken.expires_at > when,
+        )
+        .values(revoked_at=when, revoked_by=by)
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
 async def revoked_since(session: AsyncSession, since: datetime | None, now: datetime) -> list[tuple[str, datetime, datetime]]:

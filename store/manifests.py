@@ -15,6 +15,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from store import captokens
 from store.models import Manifest, ManifestEvent, new_id
 
 STATUSES = ("pending", "active", "rejected", "suspended", "revoked", "superseded")
@@ -242,6 +243,10 @@ async def transition(
     else:  # pragma: no cover - only under pathological contention
         raise TransitionRefused(action, current)
     session.add(_event(m, current, to_status, actor, now, reason, notes))
+    if to_status in ("suspended", "revoked"):
+        # Its capability tokens are revoked with it and stay revoked: a reactivated manifest
+        # has the same hash, so the gateway would otherwise accept them again.
+        await captokens.revoke_for_manifest(session, org_id, m.uapk_id, m.manifest_hash, actor, now)
 
     superseded: list[Manifest] = []
     if to_status == "active":

@@ -185,3 +185,63 @@ async def test_approver_notes_and_rule_descriptions_use_the_same_text_rule(clien
         body = assert_error(await client.post(f"{policies(org)}/rules", json=rule, headers=org.headers),
                             400, "VALIDATION_ERROR")
         assert fields(body) == ["description"]
+
+
+# --- 12. a revoked capability token stays revoked after reactivation ---------------------------
+def _manifest_doc(version: str = "1.0.0") -> dict[str, Any]:
+    return {"version": "1.0", "agent": {"id": "support-bot", "name": "Support Bot", "version": version, "team": "support"},
+            "capabilities": {"requested": ["crm:*"]}, "constraints": {"max_actions_per_hour": 100}}
+
+
+async def _register_active(client: Any, org: Org, version: str = "1.0.0") -> str:
+    base = f"/api/v1/orgs/{org.org_id}/manifests"
+    r = await client.post(base, json=_manifest_doc(version), headers=org.headers)
+    assert r.status_code == 201, r.text
+    mid = r.json()["manifest_id"]
+    r = await client.post(f"{base}/{mid}/approve", json={}, headers=org.headers)
+    assert r.status_code == 200, r.text
+    return mid  # type: ignore[no-any-return]
+
+
+async def _token(client: Any, key: str) -> dict[str, Any]:
+    r = await client.post("/api/v1/gateway/tokens", headers={"X-API-Key": key}, json={
+        "uapk_id": "support-bot", "agent_id": "agent-1", "capabilities": ["crm:read"]})
+    assert r.status_code == 201, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+async def test_capability_token_stays_revoked_after_the_manifest_is_reactivated(client: Any, org: Org) -> None:
+    from gateway.captokens import RevocationList
+
+    base = f"/api/v1/orgs/{org.org_id}/manifests"
+    mid = await _register_active(client, org)
+    key = await make_key(client, org, "agent")
+    issued = await _token(client, key)
+    read = action(tool="crm", type="read", capability_token=issued["token"])
+    assert (await decide(client, key, read))["decision"] == "allow"
+    assert (await client.post(f"{base}/{mid}/suspend", json={"reason": "review"}, headers=org.headers)).status_code == 200
+    assert (await decide(client, key, read))["reasons"][0]["code"] == "manifest_not_active"
+    assert (await client.post(f"{base}/{mid}/reactivate", json={}, headers=org.headers)).status_code == 200
+    out = await decide(client, key, read)
+    assert out["decision"] == "deny" and out["reasons"][0]["code"] == "capability_token_revoked", out
+    # The listing says so, and a process that starts now learns it from the database.
+    r = await client.get(f"/api/v1/orgs/{org.org_id}/capability-tokens", headers=org.headers)
+    (meta,) = [t for t in r.json()["items"] if t["token_id"] == issued["token_id"]]
+    assert meta["revoked_at"] is not None and meta["revoked_by"]
+    fresh = RevocationList()
+    await fresh.refresh(rt(client))
+    assert issued["token_id"] in fresh
+    # A token issued after the reactivation works.
+    again = await _token(client, key)
+    assert (await decide(client, key, action(tool="crm", type="read", capability_token=again["token"])))["decision"] == "allow"
+
+
+async def test_revoking_a_manifest_revokes_its_tokens(client: Any, org: Org) -> None:
+    base = f"/api/v1/orgs/{org.org_id}/manifests"
+    mid = await _register_active(client, org)
+    key = await make_key(client, org, "agent")
+    issued = await _token(client, key)
+    assert (await client.post(f"{base}/{mid}/revoke", json={"reason": "gone"}, headers=org.headers)).status_code == 200
+    r = await client.get(f"/api/v1/orgs/{org.org_id}/capability-tokens", headers=org.headers)
+    (meta,) = [t for t in r.json()["items"] if t["token_id"] == issued["token_id"]]
+    assert meta["revoked_at"] is not None
