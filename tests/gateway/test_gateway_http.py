@@ -233,8 +233,11 @@ async def test_401_400_403_bodies(client: Any, org: Org) -> None:
         assert_error(await client.post(path, json=action(), headers=bearer), 401, "AUTHENTICATION_REQUIRED")
     key = await agent_key(client, org)
     h = {"X-API-Key": key}
-    body = assert_error(await client.post(EXEC, content=b"{not json", headers=h), 400, "VALIDATION_ERROR")
-    assert body["details"][0]["field"] == "body"
+    body = assert_error(await client.post(EXEC, content=b"{not json", headers={**h, "Content-Type": "application/json"}),
+                        400, "VALIDATION_ERROR")
+    assert body["details"] == [{"field": "body", "issue": "Body is not valid JSON."}]
+    # The same bytes without a JSON media type: 415 (the type is checked before the body is read).
+    assert_error(await client.post(EXEC, content=b"{not json", headers=h), 415, "UNSUPPORTED_MEDIA_TYPE")
     bad = action()
     bad["surprise"] = 1
     body = assert_error(await client.post(EXEC, json=bad, headers=h), 400, "VALIDATION_ERROR")
