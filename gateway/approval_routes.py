@@ -13,6 +13,7 @@ from litestar import Request, get
 from core.clock import utcnow
 from core.errors import AuthenticationRequired, NotFound
 from gateway.approvals import ApprovalBase, wire
+from gateway.routes import GATEWAY_ROLES
 from httpkit.auth import authenticator, limit_credential
 from store import approvals as repo
 from store.runtime import Runtime
@@ -20,7 +21,7 @@ from store.runtime import Runtime
 
 class AgentApprovalOut(ApprovalBase):
     """What the agent sees: no approver identity or internal notes. ``override_token`` is set
-    while APPROVED and unused."""
+    while APPROVED and unused, and only for a key that may act as the agent."""
 
     decided_at: str | None
     reason: str | None
@@ -44,7 +45,11 @@ async def agent_get_approval(request: Request[Any, Any, Any], approval_id: str) 
         approval = await repo.get(session, org_id, approval_id)
     if approval is None or (principal.uapk_ids is not None and approval.uapk_id not in principal.uapk_ids):
         raise NotFound()
-    out = wire(approval, utcnow(), include_token=True, runtime=runtime)
+    # The override token is a credential to act as the agent: only a key that may act as it
+    # (a gateway role; its uapk_ids were checked above) gets it. Viewers, approvers and
+    # policy authors of the org see the approval without it.
+    may_act = principal.role in GATEWAY_ROLES
+    out = wire(approval, utcnow(), include_token=may_act, runtime=runtime)
     return msgspec.convert({k: out.get(k) for k in _AGENT_FIELDS}, AgentApprovalOut)
 
 

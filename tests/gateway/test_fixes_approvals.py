@@ -6,6 +6,7 @@ backends (SQLite embedded; PostgreSQL + Redis).
 * item 7: an agent holds at most as many pending approvals as it could still use (its
   remaining daily quota, at most BASTION_MAX_PENDING_APPROVALS); the identical action joins
   its pending approval. Exact under concurrency, also across processes.
+* item 10: the agent's poll shows the override token only to a key that may act as the agent.
 """
 from __future__ import annotations
 
@@ -348,3 +349,32 @@ async def test_escalation_that_cannot_be_audited_opens_no_approval(client: Any, 
     assert r.status_code == 503, r.text
     monkeypatch.undo()
     assert await _pending(client, org) == []
+
+
+# --- item 10: only a key that may act as the agent reads its override token -------------------
+async def test_only_keys_that_may_act_as_the_agent_read_the_override_token(client: Any, org: Org) -> None:
+    await _manifest(client, org)
+    agent = await _agent(client, org)
+    body = await _execute(client, agent, counterparty=ALICE)
+    approval_id = body["approval_id"]
+    token = (await _approve(client, org, approval_id))["override_token"]
+    poll = f"/api/v1/approvals/{approval_id}"
+    for role in ("viewer", "policy_author", "approver"):
+        key = {"X-API-Key": await make_key(client, org, role, name=f"{role}-poller")}
+        r = await client.get(poll, headers=key)
+        assert r.status_code == 200, (role, r.text)
+        assert r.json()["status"] == "APPROVED" and r.json()["override_token"] is None, role
+        assert token not in r.text, role
+    # A gateway role restricted to this agent, or unrestricted, gets it.
+    for role, uapk_ids in (("agent", [UAPK_ID]), ("agent", None), ("admin", None), ("owner", None)):
+        key = {"X-API-Key": await make_key(client, org, role, uapk_ids=uapk_ids, name=f"{role}-{uapk_ids}")}
+        r = await client.get(poll, headers=key)
+        assert r.status_code == 200 and r.json()["override_token"] == token, (role, uapk_ids, r.text)
+    # Restricted to another agent: the approval does not exist for it.
+    other = {"X-API-Key": await make_key(client, org, "agent", uapk_ids=["other-bot"], name="other")}
+    assert (await client.get(poll, headers=other)).status_code == 404
+    # And the viewer's view is otherwise the agent's view.
+    viewer = {"X-API-Key": await make_key(client, org, "viewer", name="viewer-2")}
+    seen = (await client.get(poll, headers=viewer)).json()
+    full = (await client.get(poll, headers=agent)).json()
+    assert {k: v for k, v in seen.items() if k != "override_token"} == {k: v for k, v in full.items() if k != "override_token"}
