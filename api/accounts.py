@@ -5,10 +5,10 @@ from typing import Any, Literal
 
 import msgspec
 from litestar import Controller, Request, get, patch, post, delete
-from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
+from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 
 from api.validation import EMAIL, SLUG, UAPK_ID, Checker
-from core.clock import isoformat
+from core.clock import isoformat, utcnow
 from core.errors import AuthenticationRequired, Conflict, NotFound, PermissionDenied, RateLimited
 from core.tokens import SESSION_TYP, sign
 from gateway.audit import record_change
@@ -18,7 +18,7 @@ from httpkit.ratelimit import LoginThrottle, client_address
 from store import accounts
 from store.api_keys import display_prefix, generate_key, hash_key
 from store.changes import announce, bump_org_version
-from store.models import ApiKey
+from store.models import ApiKey, Invitation, Organization, User
 from store.passwords import DUMMY_HASH, Hashing, HashingBusy
 from store.runtime import Runtime
 
@@ -83,6 +83,44 @@ class MemberList(msgspec.Struct):
     total: int
 
 
+class InvitationOut(msgspec.Struct):
+    """An invitation as the inviting organization sees it. Whether an account with this email
+    exists is not part of it (nor of the answer to the invite)."""
+
+    invitation_id: str
+    org_id: str
+    email: str
+    role: str
+    status: str  # pending | accepted | declined | revoked | expired
+    invited_by: str
+    created_at: str
+    expires_at: str
+    decided_at: str | None = None
+
+
+class InvitationList(msgspec.Struct):
+    items: list[InvitationOut]
+    total: int
+
+
+class MyInvitationOut(msgspec.Struct):
+    """A pending invitation as its invitee sees it."""
+
+    invitation_id: str
+    org_id: str
+    org_name: str
+    org_slug: str
+    role: str
+    invited_by: str
+    created_at: str
+    expires_at: str
+
+
+class MyInvitationList(msgspec.Struct):
+    items: list[MyInvitationOut]
+    total: int
+
+
 class ApiKeyCreate(Strict):
     name: str
     role: KeyRole
@@ -141,6 +179,15 @@ def _throttled(request: Request[Any, Any, Any], headers: dict[str, str], retry_a
     request.scope.setdefault("state", {})["response_headers"] = headers
     if retry_after:
         raise RateLimited(f"Too many failed logins. Retry after {retry_after} s.", retry_after)
+
+
+def _invitation_out(inv: Invitation) -> InvitationOut:
+    return InvitationOut(
+        invitation_id=inv.id, org_id=inv.org_id, email=inv.email, role=inv.role,
+        status=accounts.invitation_status(inv, utcnow()), invited_by=inv.invited_by,
+        created_at=isoformat(inv.created_at) or "", expires_at=isoformat(inv.expires_at) or "",
+        decided_at=isoformat(inv.decided_at),
+    )
 
 
 def _check_password(c: Checker, field: str, password: str | None) -> None:
@@ -260,8 +307,15 @@ class MemberController(Controller):
     path = "/api/v1/orgs/{org_id:str}/users"
     tags = ["members"]
 
-    @post("/", status_code=HTTP_201_CREATED, summary="Add a member (creates the user when the email is new)")
-    async def add(self, request: Request[Any, Any, Any], org_id: str, data: MemberCreate) -> MemberOut:
+    @post(
+        "/", status_code=HTTP_202_ACCEPTED,
+        summary="Invite a user by email; they become a member when they accept",
+    )
+    async def add(self, request: Request[Any, Any, Any], org_id: str, data: MemberCreate) -> InvitationOut:
+        """Always an invitation, and the same answer whether or not an account with this email
+        exists: an organization can neither learn which emails have accounts nor add anyone
+        without their consent. With ``password`` and no account yet, the account is created
+        with it (so the person can sign in and accept); for an existing account it is ignored."""
         caller = await admit(request, org_id, "users", "manage")
         email = data.email.strip().lower()
         c = Checker()
@@ -271,6 +325,8 @@ class MemberController(Controller):
         c.check()
         _require_manage(caller, data.role)
         runtime = _runtime(request)
+        # Hash whenever a password is given, before looking the email up: how long the call
+        # takes must not say whether the account exists either.
         pw_hash = None
         if data.password:
             try:
@@ -280,20 +336,19 @@ class MemberController(Controller):
                 raise RateLimited("Too many password hashes in progress. Retry after 1 s.", 1) from None
         async with runtime.sessions() as session, session.begin():
             user = await accounts.get_user_by_email(session, email)
-            if user is None:
-                if pw_hash is None:
-                    c.add("password", "Field is required for a new user.")
-                    c.check()
+            if user is None and pw_hash is not None:
                 try:
-                    user = await accounts.create_user(session, email, pw_hash or "")
+                    user = await accounts.create_user(session, email, pw_hash)
                 except accounts.DuplicateError:
                     raise Conflict("A user with this email was created concurrently; retry.") from None
+            elif user is not None and await accounts.get_membership(session, org_id, user.id) is not None:
+                raise Conflict(f"{email} is already a member of this organization.")
             try:
-                m = await accounts.add_member(session, org_id, user.id, data.role)
+                inv = await accounts.create_invitation(session, org_id, email, data.role, caller.actor)
             except accounts.DuplicateError:
-                raise Conflict(f"{email} is already a member of this organization.") from None
-            await record_change(request, caller, "member.added", details={"user_id": user.id, "email": user.email, "role": m.role})
-        return MemberOut(user_id=user.id, email=user.email, role=m.role, created_at=isoformat(m.created_at) or "")
+                raise Conflict(f"{email} already has a pending invitation to this organization.") from None
+            await record_change(request, caller, "member.invited", details={"invitation_id": inv.id, "email": email, "role": inv.role})
+        return _invitation_out(inv)
 
     @get("/", summary="List members")
     async def list_members(self, request: Request[Any, Any, Any], org_id: str) -> MemberList:
@@ -336,6 +391,115 @@ class MemberController(Controller):
                 raise Conflict("The last owner cannot be removed.")
             await record_change(request, caller, "member.removed", details={"user_id": user_id, "role": m.role})
             await session.delete(m)
+
+
+# --- invitations -----------------------------------------------------------------------
+class OrgInvitationController(Controller):
+    guards = [require_credentials]
+    path = "/api/v1/orgs/{org_id:str}/invitations"
+    tags = ["members"]
+
+    @get("/", summary="The organization's invitations (pending, accepted, declined, revoked, expired)")
+    async def list_invitations(self, request: Request[Any, Any, Any], org_id: str) -> InvitationList:
+        await admit(request, org_id, "users", "read")
+        page = page_params(request.query_params)
+        async with _runtime(request).sessions() as session:
+            rows, total = await accounts.list_org_invitations(session, org_id, page.limit, page.offset)
+        return InvitationList(items=[_invitation_out(i) for i in rows], total=total)
+
+    @delete("/{invitation_id:str}", status_code=HTTP_204_NO_CONTENT, summary="Revoke a pending invitation")
+    async def revoke_invitation(self, request: Request[Any, Any, Any], org_id: str, invitation_id: str) -> None:
+        caller = await admit(request, org_id, "users", "manage")
+        async with _runtime(request).sessions() as session, session.begin():
+            inv = await accounts.get_org_invitation(session, org_id, invitation_id[:64])
+            if inv is None:
+                raise NotFound()
+            _require_manage(caller, inv.role)
+            status = accounts.invitation_status(inv, utcnow())
+            if status != "pending" or not await accounts.close_invitation(session, inv, "revoked", utcnow()):
+                raise Conflict(f"The invitation is {accounts.invitation_status(inv, utcnow())}, not pending.")
+            await record_change(request, caller, "invitation.revoked", details={"invitation_id": inv.id, "email": inv.email, "role": inv.role})
+
+
+class MyInvitationController(Controller):
+    """The signed-in user's own invitations (session token only: API keys belong to an org)."""
+
+    guards = [require_credentials]
+    path = "/api/v1/invitations"
+    tags = ["members"]
+
+    @get("/", summary="My pending invitations", security=[{"Session": []}])
+    async def mine(self, request: Request[Any, Any, Any]) -> MyInvitationList:
+        user = await _invitee(request)
+        page = page_params(request.query_params)
+        async with _runtime(request).sessions() as session:
+            rows, total = await accounts.invitations_for(session, user.email, utcnow(), page.limit, page.offset)
+        return MyInvitationList(items=[_my_invitation(i, o) for i, o in rows], total=total)
+
+    @post(
+        "/{invitation_id:str}/accept", status_code=HTTP_200_OK, security=[{"Session": []}],
+        summary="Accept an invitation: become a member with the invited role",
+    )
+    async def accept(self, request: Request[Any, Any, Any], invitation_id: str) -> OrgOut:
+        user = await _invitee(request)
+        principal = await current_principal(request)
+        async with _runtime(request).sessions() as session, session.begin():
+            inv = await _pending_for(session, invitation_id, user)
+            if await accounts.get_membership(session, inv.org_id, user.id) is not None:
+                raise Conflict("You are already a member of this organization.")
+            if not await accounts.close_invitation(session, inv, "accepted", utcnow()):
+                raise Conflict("The invitation was decided or revoked meanwhile.")
+            m = await accounts.add_member(session, inv.org_id, user.id, inv.role)
+            await record_change(request, principal, "member.added", org_id=inv.org_id,
+                                details={"user_id": user.id, "email": user.email, "role": m.role, "invitation_id": inv.id})
+            org = await accounts.get_org(session, inv.org_id)
+        assert org is not None
+        return OrgOut(org_id=org.id, name=org.name, slug=org.slug, created_at=isoformat(org.created_at) or "", role=m.role)
+
+    @post(
+        "/{invitation_id:str}/decline", status_code=HTTP_204_NO_CONTENT, security=[{"Session": []}],
+        summary="Decline an invitation",
+    )
+    async def decline(self, request: Request[Any, Any, Any], invitation_id: str) -> None:
+        user = await _invitee(request)
+        principal = await current_principal(request)
+        async with _runtime(request).sessions() as session, session.begin():
+            inv = await _pending_for(session, invitation_id, user)
+            if not await accounts.close_invitation(session, inv, "declined", utcnow()):
+                raise Conflict("The invitation was decided or revoked meanwhile.")
+            await record_change(request, principal, "invitation.declined", org_id=inv.org_id,
+                                details={"invitation_id": inv.id, "email": user.email, "role": inv.role})
+
+
+async def _invitee(request: Request[Any, Any, Any]) -> User:
+    principal = await current_principal(request)
+    if principal.kind != "user":
+        raise PermissionDenied("Invitations are for users (session token), not API keys.")
+    await limit_credential(request, principal)
+    async with _runtime(request).sessions() as session:
+        user = await session.get(User, principal.user_id or "")
+    if user is None:
+        raise AuthenticationRequired("The session's user no longer exists.")
+    return user
+
+
+async def _pending_for(session: Any, invitation_id: str, user: User) -> Invitation:
+    """The invitation, if addressed to ``user`` (404 otherwise, as if it did not exist) and
+    still pending (409 naming its state otherwise)."""
+    inv = await accounts.get_invitation_for(session, invitation_id[:64], user.email)
+    if inv is None:
+        raise NotFound()
+    status = accounts.invitation_status(inv, utcnow())
+    if status != "pending":
+        raise Conflict(f"The invitation is {status}.")
+    return inv
+
+
+def _my_invitation(inv: Invitation, org: Organization) -> MyInvitationOut:
+    return MyInvitationOut(
+        invitation_id=inv.id, org_id=org.id, org_name=org.name, org_slug=org.slug, role=inv.role,
+        invited_by=inv.invited_by, created_at=isoformat(inv.created_at) or "", expires_at=isoformat(inv.expires_at) or "",
+    )
 
 
 # --- API keys --------------------------------------------------------------------------
@@ -401,4 +565,4 @@ class ApiKeyController(Controller):
         return _key_out(key)
 
 
-ROUTES = [login, OrgController, MemberController, ApiKeyController]
+ROUTES = [login, OrgController, MemberController, OrgInvitationController, MyInvitationController, ApiKeyController]

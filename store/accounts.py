@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.clock import utcnow
-from store.models import ApiKey, Membership, Organization, User, new_id
+from store.models import ApiKey, Invitation, Membership, Organization, User, new_id
 
 ROLES = ("owner", "admin", "approver", "policy_author", "viewer")
 KEY_ROLES = ROLES + ("agent",)
@@ -132,6 +132,84 @@ async def revoke_api_key(session: AsyncSession, org_id: str, key_id: str, when: 
     )
     await session.refresh(key)
     return key
+
+
+# --- invitations -----------------------------------------------------------------------------
+INVITATION_TTL = timedelta(days=7)
+
+
+def invitation_status(inv: Invitation, now: datetime) -> str:
+    """The stored status, or ``expired`` for a pending invitation past its expiry."""
+    return "expired" if inv.status == "pending" and inv.expires_at <= now else inv.status
+
+
+async def create_invitation(session: AsyncSession, org_id: str, email: str, role: str, invited_by: str) -> Invitation:
+    """A pending invitation of ``email`` to ``org_id``. An expired pending one is closed first;
+    a live one raises ``DuplicateError`` (the partial unique index also catches a race)."""
+    now = utcnow()
+    await session.execute(
+        update(Invitation)
+        .where(Invitation.org_id == org_id, Invitation.email == email, Invitation.status == "pending",
+               Invitation.expires_at <= now)
+        .values(status="expired")
+    )
+    inv = Invitation(id=new_id(), org_id=org_id, email=email, role=role, status="pending", invited_by=invited_by,
+                     created_at=now, expires_at=now + INVITATION_TTL)
+    session.add(inv)
+    try:
+        await session.flush()
+    except IntegrityError:
+        raise DuplicateError("invitation") from None
+    return inv
+
+
+async def list_org_invitations(session: AsyncSession, org_id: str, limit: int, offset: int) -> tuple[list[Invitation], int]:
+    total = (await session.execute(select(func.count()).select_from(Invitation).where(Invitation.org_id == org_id))).scalar_one()
+    rows = (
+        await session.execute(
+            select(Invitation).where(Invitation.org_id == org_id)
+            .order_by(Invitation.created_at, Invitation.id).limit(limit).offset(offset)
+        )
+    ).scalars().all()
+    return list(rows), total
+
+
+async def get_org_invitation(session: AsyncSession, org_id: str, invitation_id: str) -> Invitation | None:
+    return (
+        await session.execute(select(Invitation).where(Invitation.id == invitation_id, Invitation.org_id == org_id))
+    ).scalar_one_or_none()
+
+
+async def invitations_for(session: AsyncSession, email: str, now: datetime, limit: int, offset: int) -> tuple[list[tuple[Invitation, Organization]], int]:
+    """Pending, unexpired invitations addressed to ``email``, with their organizations."""
+    cond = and_(Invitation.email == email, Invitation.status == "pending", Invitation.expires_at > now)
+    total = (await session.execute(select(func.count()).select_from(Invitation).where(cond))).scalar_one()
+    rows = (
+        await session.execute(
+            select(Invitation, Organization).join(Organization, Organization.id == Invitation.org_id).where(cond)
+            .order_by(Invitation.created_at, Invitation.id).limit(limit).offset(offset)
+        )
+    ).all()
+    return [(r[0], r[1]) for r in rows], total
+
+
+async def get_invitation_for(session: AsyncSession, invitation_id: str, email: str) -> Invitation | None:
+    """The invitation if it is addressed to ``email`` (any other caller: as if it did not exist)."""
+    return (
+        await session.execute(select(Invitation).where(Invitation.id == invitation_id, Invitation.email == email))
+    ).scalar_one_or_none()
+
+
+async def close_invitation(session: AsyncSession, inv: Invitation, status: str, when: datetime) -> bool:
+    """Conditional update pending -> ``status``: False when it was decided (or revoked) meanwhile."""
+    result = await session.execute(
+        update(Invitation).where(Invitation.id == inv.id, Invitation.status == "pending")
+        .values(status=status, decided_at=when)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    await session.refresh(inv)
+    return True
 
 
 @dataclass

@@ -69,10 +69,15 @@ async def test_keys_and_members(client: Any, org: Any) -> None:
     assert e["details"]["key_id"] == key_id
     r = await client.post(f"/api/v1/orgs/{org.org_id}/users", json={"email": "bob@acme.com", "role": "viewer",
                                                                     "password": "bob-pass-123"}, headers=org.headers)
-    assert r.status_code == 201, r.text
-    uid = r.json()["user_id"]
-    seen, e = await _step(client, org, seen, "member.added")
-    assert e["details"]["user_id"] == uid and e["details"]["role"] == "viewer"
+    assert r.status_code == 202, r.text
+    seen, e = await _step(client, org, seen, "member.invited")
+    assert e["details"]["invitation_id"] == r.json()["invitation_id"] and "bob-pass-123" not in str(e)
+    token = (await client.post("/api/v1/auth/login", json={"email": "bob@acme.com", "password": "bob-pass-123"})).json()["access_token"]
+    r = await client.post(f"/api/v1/invitations/{r.json()['invitation_id']}/accept", headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 200, r.text
+    seen, e = await _step(client, org, seen, "member.added", actor="user:bob@acme.com")
+    uid = e["details"]["user_id"]
+    assert uid and e["details"]["role"] == "viewer" and e["details"]["email"] == "bob@acme.com"
     assert "bob-pass-123" not in str(e)
     r = await client.patch(f"/api/v1/orgs/{org.org_id}/users/{uid}", json={"role": "approver"}, headers=org.headers)
     assert r.status_code == 200

@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.conftest import Org, assert_error, bootstrap_org, make_key
+from tests.members import add_member
 from tests.faults.helpers import manifest_doc
 from tests.gateway.factories import action, add_manifest
 
@@ -282,9 +283,7 @@ async def _resources(client: Any, org: Org, uapk: str) -> dict[str, str]:
     approval_id = r.json()["approval_id"]
     r = await client.post(f"/api/v1/orgs/{org.org_id}/api-keys", json={"name": "iso", "role": "viewer"}, headers=org.headers)
     key_id = r.json()["id"]
-    r = await client.post(f"/api/v1/orgs/{org.org_id}/users", json={"email": f"m@{org.org_id[:8]}.com", "role": "viewer",
-                                                                    "password": "pass-word-123"}, headers=org.headers)
-    user_id = r.json()["user_id"]
+    user_id = await add_member(client, org, f"m@{org.org_id[:8]}.com", "viewer", "pass-word-123")
     r = await client.post("/api/v1/gateway/tokens", json={"uapk_id": uapk, "agent_id": "a1",
                                                           "capabilities": ["email:send"]}, headers=agent)
     token_id = r.json()["token_id"]

@@ -122,11 +122,15 @@ async def test_no_secret_in_clear_in_the_database_or_the_logs(module_server: Bas
         member_pw = "member-pass-" + uuid.uuid4().hex[:10]
         r = await c.post(f"{base}/users", json={"email": "member@acme.com", "role": "viewer", "password": member_pw},
                          headers=owner)
-        assert r.status_code == 201, r.text
+        assert r.status_code == 202, r.text
+        invitation_id = r.json()["invitation_id"]
         secrets["member password"] = member_pw
         r = await c.post("/api/v1/auth/login", json={"email": "member@acme.com", "password": member_pw})
         assert r.status_code == 200, r.text
         secrets["session token"] = r.json()["access_token"]
+        r = await c.post(f"/api/v1/invitations/{invitation_id}/accept",
+                         headers={"Authorization": f"Bearer {secrets['session token']}"})
+        assert r.status_code == 200, r.text
         r = await c.get(f"{base}/manifests", headers={"Authorization": f"Bearer {secrets['session token']}"})
         assert r.status_code == 200, r.text
         # A failed login with a password that is not anyone's.

@@ -298,3 +298,146 @@ async def test_x_forwarded_for_counts_only_from_a_trusted_proxy(settings_factory
             r = await direct.post("/api/v1/auth/login", json=bad(10 + i), headers={"X-Forwarded-For": forged})
             statuses.append(r.status_code)
         assert statuses == [401, 401, 429]
+
+
+# --- security item 13: joining an organization is an invitation ------------------------------
+async def _invite(c: Any, org: Any, body: dict[str, Any]) -> Any:
+    return await c.post(f"/api/v1/orgs/{org.org_id}/users", json=body, headers=org.headers)
+
+
+async def test_inviting_answers_alike_whether_or_not_the_account_exists(client: Any, org: Any, other_org: Any) -> None:
+    victim = other_org.email  # a user of another tenant
+    answers = []
+    for body in ({"email": victim, "role": "viewer"}, {"email": "nobody@example.com", "role": "viewer"},
+                 {"email": "someone@globex.com", "role": "viewer"}):
+        r = await _invite(client, org, body)
+        assert r.status_code == 202, r.text
+        answers.append(r.json())
+    shapes = [{k: (type(v).__name__) for k, v in a.items() if k not in ("email",)} for a in answers]
+    assert shapes[0] == shapes[1] == shapes[2]
+    for a in answers:
+        assert "user_id" not in a and a["status"] == "pending" and a["org_id"] == org.org_id
+        assert set(a) == {"invitation_id", "org_id", "email", "role", "status", "invited_by", "created_at", "expires_at", "decided_at"}
+    # Nobody was enrolled: the victim is not a member, and sees only their own organization.
+    members = (await client.get(f"/api/v1/orgs/{org.org_id}/users", headers=org.headers)).json()["items"]
+    assert [m["email"] for m in members] == [org.email]
+    victim_auth = await _session(client, victim, other_org.password)
+    assert [o["org_id"] for o in (await client.get("/api/v1/orgs", headers=victim_auth)).json()["items"]] == [other_org.org_id]
+    assert_error(await client.get(f"/api/v1/orgs/{org.org_id}", headers=victim_auth), 404, "NOT_FOUND")
+
+
+async def test_a_password_for_an_existing_account_is_ignored_and_answers_alike(client: Any, org: Any, other_org: Any) -> None:
+    r_existing = await _invite(client, org, {"email": other_org.email, "role": "viewer", "password": "attacker-pass-1"})
+    r_new = await _invite(client, org, {"email": "fresh@example.com", "role": "viewer", "password": "fresh-pass-123"})
+    assert r_existing.status_code == r_new.status_code == 202
+    assert set(r_existing.json()) == set(r_new.json())
+    # The existing account keeps its own password; the new one was created with the given one.
+    assert (await _login(client, other_org.email, "attacker-pass-1")).status_code == 401
+    assert (await _login(client, other_org.email, other_org.password)).status_code == 200
+    fresh = await _session(client, "fresh@example.com", "fresh-pass-123")
+    # ...and is a member of nothing until it accepts.
+    assert (await client.get("/api/v1/orgs", headers=fresh)).json() == {"items": [], "total": 0}
+
+
+async def test_the_invitee_lists_and_accepts_then_is_a_member(client: Any, org: Any, other_org: Any) -> None:
+    r = await _invite(client, org, {"email": other_org.email, "role": "approver"})
+    inv = r.json()["invitation_id"]
+    auth = await _session(client, other_org.email, other_org.password)
+    mine = (await client.get("/api/v1/invitations", headers=auth)).json()
+    assert mine["total"] == 1
+    (item,) = mine["items"]
+    assert (item["invitation_id"], item["org_id"], item["org_slug"], item["role"]) == (inv, org.org_id, "acme", "approver")
+    r = await client.post(f"/api/v1/invitations/{inv}/accept", headers=auth)
+    assert r.status_code == 200 and r.json()["org_id"] == org.org_id and r.json()["role"] == "approver", r.text
+    assert (await client.get(f"/api/v1/orgs/{org.org_id}", headers=auth)).status_code == 200
+    members = (await client.get(f"/api/v1/orgs/{org.org_id}/users", headers=org.headers)).json()["items"]
+    assert {(m["email"], m["role"]) for m in members} == {(org.email, "owner"), (other_org.email, "approver")}
+    listed = (await client.get(f"/api/v1/orgs/{org.org_id}/invitations", headers=org.headers)).json()["items"]
+    assert [(i["invitation_id"], i["status"]) for i in listed] == [(inv, "accepted")] and listed[0]["decided_at"]
+    assert (await client.get("/api/v1/invitations", headers=auth)).json()["total"] == 0
+    assert_error(await client.post(f"/api/v1/invitations/{inv}/accept", headers=auth), 409, "CONFLICT")
+    # Already a member: a new invitation is refused (the organization's own knowledge).
+    assert_error(await _invite(client, org, {"email": other_org.email, "role": "viewer"}), 409, "CONFLICT")
+
+
+async def test_decline_revoke_and_strangers(client: Any, org: Any, other_org: Any) -> None:
+    inv = (await _invite(client, org, {"email": other_org.email, "role": "viewer"})).json()["invitation_id"]
+    assert_error(await _invite(client, org, {"email": other_org.email, "role": "viewer"}), 409, "CONFLICT")  # pending
+    auth = await _session(client, other_org.email, other_org.password)
+    stranger = await _session(client, org.email, org.password)  # not the invitee
+    for path in (f"/api/v1/invitations/{inv}/accept", f"/api/v1/invitations/{inv}/decline",
+                 "/api/v1/invitations/not-an-id/accept"):
+        assert_error(await client.post(path, headers=stranger), 404, "NOT_FOUND")
+    assert (await client.get("/api/v1/invitations", headers=stranger)).json()["total"] == 0
+    # API keys belong to an organization, not a person.
+    assert_error(await client.get("/api/v1/invitations", headers=other_org.headers), 403, "PERMISSION_DENIED")
+    assert_error(await client.post(f"/api/v1/invitations/{inv}/accept", headers=other_org.headers), 403, "PERMISSION_DENIED")
+    assert_error(await client.get("/api/v1/invitations"), 401, "AUTHENTICATION_REQUIRED")
+    r = await client.post(f"/api/v1/invitations/{inv}/decline", headers=auth)
+    assert r.status_code == 204, r.text
+    assert_error(await client.post(f"/api/v1/invitations/{inv}/accept", headers=auth), 409, "CONFLICT")
+    assert_error(await client.get(f"/api/v1/orgs/{org.org_id}", headers=auth), 404, "NOT_FOUND")
+    # Invited again, then revoked by the organization before it is accepted.
+    inv2 = (await _invite(client, org, {"email": other_org.email, "role": "viewer"})).json()["invitation_id"]
+    base = f"/api/v1/orgs/{org.org_id}/invitations"
+    assert_error(await client.delete(f"{base}/{inv2}", headers=other_org.headers), 404, "NOT_FOUND")  # another org's key
+    assert (await client.delete(f"{base}/{inv2}", headers=org.headers)).status_code == 204
+    assert_error(await client.delete(f"{base}/{inv2}", headers=org.headers), 409, "CONFLICT")
+    assert_error(await client.post(f"/api/v1/invitations/{inv2}/accept", headers=auth), 409, "CONFLICT")
+    statuses = {i["invitation_id"]: i["status"] for i in (await client.get(base, headers=org.headers)).json()["items"]}
+    assert statuses == {inv: "declined", inv2: "revoked"}
+
+
+async def test_an_expired_invitation_cannot_be_accepted_and_can_be_renewed(client: Any, org: Any, other_org: Any) -> None:
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from core.clock import utcnow
+    from store.models import Invitation
+
+    inv = (await _invite(client, org, {"email": other_org.email, "role": "viewer"})).json()["invitation_id"]
+    async with client.app.state.runtime.sessions() as session, session.begin():
+        await session.execute(update(Invitation).where(Invitation.id == inv).values(expires_at=utcnow() - timedelta(seconds=1)))
+    auth = await _session(client, other_org.email, other_org.password)
+    assert (await client.get("/api/v1/invitations", headers=auth)).json()["total"] == 0
+    body = assert_error(await client.post(f"/api/v1/invitations/{inv}/accept", headers=auth), 409, "CONFLICT")
+    assert "expired" in body["message"]
+    r = await _invite(client, org, {"email": other_org.email, "role": "viewer"})
+    assert r.status_code == 202 and r.json()["invitation_id"] != inv
+    assert (await client.post(f"/api/v1/invitations/{r.json()['invitation_id']}/accept", headers=auth)).status_code == 200
+
+
+async def test_only_owners_invite_owners_and_admins(client: Any, org: Any) -> None:
+    from tests.members import add_member
+
+    await add_member(client, org, "adm@acme.com", "admin")
+    adm = await _session(client, "adm@acme.com", "member-pass-1")
+    r = await client.post(f"/api/v1/orgs/{org.org_id}/users", json={"email": "x@acme.com", "role": "owner"}, headers=adm)
+    assert_error(r, 403, "PERMISSION_DENIED")
+    r = await client.post(f"/api/v1/orgs/{org.org_id}/users", json={"email": "x@acme.com", "role": "viewer"}, headers=adm)
+    assert r.status_code == 202
+    owner_inv = (await _invite(client, org, {"email": "y@acme.com", "role": "admin"})).json()["invitation_id"]
+    assert_error(await client.delete(f"/api/v1/orgs/{org.org_id}/invitations/{owner_inv}", headers=adm), 403, "PERMISSION_DENIED")
+
+
+async def test_invitations_are_audited(client: Any, org: Any, other_org: Any) -> None:
+    async def changes() -> list[dict[str, Any]]:
+        await client.app.state.audit.flush()
+        r = await client.get(f"/api/v1/orgs/{org.org_id}/audit/events", params={"limit": 100}, headers=org.headers)
+        assert r.status_code == 200, r.text
+        return [e for e in reversed(r.json()["items"]) if e["kind"].startswith(("member.", "invitation."))]
+
+    inv = (await _invite(client, org, {"email": other_org.email, "role": "viewer", "password": "ignored-pass-1"})).json()["invitation_id"]
+    auth = await _session(client, other_org.email, other_org.password)
+    assert (await client.post(f"/api/v1/invitations/{inv}/accept", headers=auth)).status_code == 200
+    inv2 = (await _invite(client, org, {"email": "carol@example.com", "role": "viewer"})).json()["invitation_id"]
+    assert (await client.delete(f"/api/v1/orgs/{org.org_id}/invitations/{inv2}", headers=org.headers)).status_code == 204
+    events = await changes()
+    assert [e["kind"] for e in events] == ["member.invited", "member.added", "member.invited", "invitation.revoked"]
+    invited, added = events[0], events[1]
+    assert invited["actor"].startswith("api_key:") and invited["details"]["invitation_id"] == inv
+    assert invited["details"]["email"] == other_org.email and invited["details"]["role"] == "viewer"
+    assert "ignored-pass-1" not in str(events)
+    assert added["actor"] == f"user:{other_org.email}"
+    assert added["details"]["user_id"] == other_org.user_id and added["details"]["invitation_id"] == inv

@@ -313,8 +313,14 @@ async def test_real_responses_conform_to_the_openapi_document(client: Any, org: 
     check("/api/v1/orgs/{org_id}/api-keys/{key_id}/revoke", "post", await client.post(f"{base}/api-keys/{key_id}/revoke", headers=org.headers))
     r = await client.post(f"{base}/users", json={"email": "u@acme.com", "password": "pass-word-1", "role": "viewer"}, headers=org.headers)
     check("/api/v1/orgs/{org_id}/users", "post", r)
-    uid = r.json()["user_id"]
     check("/api/v1/orgs/{org_id}/users", "post", await client.post(f"{base}/users", json={"email": "u@acme.com", "password": "pass-word-1", "role": "viewer"}, headers=org.headers))
+    check("/api/v1/orgs/{org_id}/invitations", "get", await client.get(f"{base}/invitations", headers=org.headers))
+    session = {"Authorization": "Bearer " + (await client.post("/api/v1/auth/login", json={"email": "u@acme.com", "password": "pass-word-1"})).json()["access_token"]}
+    check("/api/v1/invitations", "get", await client.get("/api/v1/invitations", headers=session))
+    inv = r.json()["invitation_id"]
+    check("/api/v1/invitations/{invitation_id}/accept", "post", await client.post(f"/api/v1/invitations/{inv}/accept", headers=session))
+    check("/api/v1/invitations/{invitation_id}/accept", "post", await client.post(f"/api/v1/invitations/{inv}/accept", headers=session))
+    uid = next(m["user_id"] for m in (await client.get(f"{base}/users", headers=org.headers)).json()["items"] if m["email"] == "u@acme.com")
     check("/api/v1/orgs/{org_id}/users", "get", await client.get(f"{base}/users", headers=org.headers))
     check("/api/v1/orgs/{org_id}/users/{user_id}", "patch", await client.patch(f"{base}/users/{uid}", json={"role": "approver"}, headers=org.headers))
     check("/api/v1/orgs/{org_id}/users/{user_id}", "patch", await client.patch(f"{base}/users/{org.user_id}", json={"role": "viewer"}, headers=org.headers))

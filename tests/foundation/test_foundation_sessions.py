@@ -178,13 +178,9 @@ async def test_tampered_token_is_401(client: Any, org: Org, other_org: Org) -> N
 
 
 async def test_session_sees_role_changes_and_removal_at_once(client: Any, org: Org) -> None:
-    r = await client.post(
-        f"/api/v1/orgs/{org.org_id}/users",
-        json={"email": "ann@acme.com", "password": "ann-pass-1234", "role": "admin"},
-        headers=org.headers,
-    )
-    assert r.status_code == 201, r.text
-    uid = r.json()["user_id"]
+    from tests.members import add_member
+
+    uid = await add_member(client, org, "ann@acme.com", "admin", "ann-pass-1234")
     token = (await client.post("/api/v1/auth/login", json={"email": "ann@acme.com", "password": "ann-pass-1234"})).json()["access_token"]
     auth = {"Authorization": f"Bearer {token}"}
     r = await client.post(f"/api/v1/orgs/{org.org_id}/api-keys", json={"name": "k", "role": "viewer"}, headers=auth)
