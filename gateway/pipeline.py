@@ -197,9 +197,14 @@ class Pipeline:
                 MANIFEST_NOT_FOUND, f"No manifest for uapk_id '{req.uapk_id}'.", {"uapk_id": req.uapk_id}))
         d.agent = agent
         if not agent.active:
+            # The status of the version that would be in force (policies.compile.current_manifests).
+            version = agent.manifest_version or ""
             return self._deny(d, "manifest", Reason(
-                MANIFEST_NOT_ACTIVE, f"The manifest of '{req.uapk_id}' is {agent.status}, not active.",
-                {"uapk_id": req.uapk_id, "status": agent.status}), rule=f"status:{agent.status}")
+                MANIFEST_NOT_ACTIVE,
+                f"The manifest of '{req.uapk_id}'{f' (version {version})' if version else ''} is {agent.status}, "
+                "not active.",
+                {"uapk_id": req.uapk_id, "status": agent.status, "version": version or None}),
+                rule=f"status:{agent.status}")
         d.trace.append(Step("manifest", "pass", f"active manifest {agent.manifest_version or ''}".strip(),
                             f"manifest:{agent.manifest_hash}"))
 

@@ -170,16 +170,25 @@ def _positive(value: Any) -> int | None:
     return value
 
 
+# Without an active version, the version that would be in force names the denial's status:
+# a suspended one (reactivating it restores it as it was), else a pending one (approving it
+# makes it active), else the newest of the rest. Not simply the newest version: after the
+# active 1.0.1 is suspended while a newer 1.1.0 was rejected, the agent is denied because
+# 1.0.1 is suspended, not because 1.1.0 was rejected.
+_IN_FORCE_RANK = {ACTIVE: 3, "suspended": 2, "pending": 1}
+
+
 def current_manifests(manifests: Iterable[ManifestSnapshot]) -> dict[str, ManifestSnapshot]:
-    """Per uapk_id, the manifest that decides: the newest active one, else the newest one."""
+    """Per uapk_id, the manifest that decides: the newest active one, else the version that
+    would be in force (newest suspended, else newest pending, else newest)."""
     out: dict[str, ManifestSnapshot] = {}
     for m in manifests:
         cur = out.get(m.uapk_id)
         if cur is None:
             out[m.uapk_id] = m
             continue
-        m_key = (m.status == ACTIVE, m.created_at, m.manifest_id)
-        cur_key = (cur.status == ACTIVE, cur.created_at, cur.manifest_id)
+        m_key = (_IN_FORCE_RANK.get(m.status, 0), m.created_at, m.manifest_id)
+        cur_key = (_IN_FORCE_RANK.get(cur.status, 0), cur.created_at, cur.manifest_id)
         if m_key > cur_key:
             out[m.uapk_id] = m
     return out

@@ -245,3 +245,22 @@ async def test_revoking_a_manifest_revokes_its_tokens(client: Any, org: Org) -> 
     r = await client.get(f"/api/v1/orgs/{org.org_id}/capability-tokens", headers=org.headers)
     (meta,) = [t for t in r.json()["items"] if t["token_id"] == issued["token_id"]]
     assert meta["revoked_at"] is not None
+
+
+# --- manifest_not_active names the version that would be in force ------------------------------
+async def test_manifest_not_active_names_the_suspended_version_not_a_newer_rejected_one(client: Any, org: Org) -> None:
+    base = f"/api/v1/orgs/{org.org_id}/manifests"
+    v101 = await _register_active(client, org, "1.0.1")
+    key = await make_key(client, org, "agent")
+    r = await client.post(base, json=_manifest_doc("1.1.0"), headers=org.headers)
+    assert r.status_code == 201, r.text
+    v110 = r.json()["manifest_id"]
+    assert (await client.post(f"{base}/{v110}/reject", json={"reason": "too broad"}, headers=org.headers)).status_code == 200
+    assert (await client.post(f"{base}/{v101}/suspend", json={"reason": "review"}, headers=org.headers)).status_code == 200
+    out = await decide(client, key, action(tool="crm", type="read"))
+    reason = out["reasons"][0]
+    assert reason["code"] == "manifest_not_active"
+    assert reason["details"]["status"] == "suspended" and reason["details"]["version"] == "1.0.1", reason
+    assert "1.0.1" in reason["message"] and "suspended" in reason["message"]
+    ev = await decide(client, key, action(tool="crm", type="read"), EVAL)
+    assert ev["trace"][0]["rule"] == "status:suspended"

@@ -60,3 +60,30 @@ def test_token_max_amount_constraint_must_be_finite(value: float) -> None:
     with pytest.raises(ValidationFailed) as exc:
         validate_request(["payments:send"], {"max_amount": value}, None, 900, 86400)
     assert [d.field for d in exc.value.details] == ["constraints.max_amount"]
+
+
+def test_the_version_that_would_be_in_force_decides_the_status() -> None:
+    from policies.compile import ManifestSnapshot, OrgPolicySource, compile_org
+
+    def status(*ms: ManifestSnapshot) -> str | None:
+        agent = compile_org(OrgPolicySource("org", 1, ms), default_per_hour=1, default_per_day=1).agent("bot")
+        return None if agent is None else f"{agent.status} {agent.manifest_version}"
+
+    def m(mid: str, st: str, at: float) -> ManifestSnapshot:
+        return ManifestSnapshot(mid, "bot", st, version=mid, created_at=at)
+
+    assert status(m("1.0.1", "suspended", 1), m("1.1.0", "rejected", 2)) == "suspended 1.0.1"
+    assert status(m("1.0.1", "suspended", 1), m("1.1.0", "pending", 2)) == "suspended 1.0.1"
+    assert status(m("1.0.0", "pending", 1), m("1.1.0", "rejected", 2)) == "pending 1.0.0"
+    assert status(m("1.0.0", "revoked", 1), m("1.1.0", "pending", 2), m("1.2.0", "rejected", 3)) == "pending 1.1.0"
+    assert status(m("1.0.0", "superseded", 1), m("1.1.0", "revoked", 2)) == "revoked 1.1.0"
+    assert status(m("1.0.0", "active", 1), m("1.1.0", "suspended", 2)) == "active 1.0.0"
+
+
+@pytest.mark.parametrize("text", ["a\x7fb", "a\u202eb", "a\x85b", "a\u200bb", "two\nlines"])
+def test_rule_descriptions_use_the_one_text_rule(text: str) -> None:
+    from policies.rules import parse_rule
+
+    rule, issues = parse_rule({"subject": "*", "capability": "crm:delete", "effect": "deny", "description": text},
+                              "", auto_id="r1")
+    assert rule is None and [i.field for i in issues] == ["description"]
