@@ -15,7 +15,7 @@ from litestar.status_codes import HTTP_200_OK
 
 from api.validation import Checker
 from core.clock import isoformat, utcnow
-from core.errors import Conflict, NotFound, Unprocessable
+from core.errors import Conflict, NotFound, PermissionDenied, Unprocessable
 from core.text import text_issue
 from gateway.approvals import ApprovalBase, wire
 from gateway.overrides import bound_action, issue_override
@@ -100,6 +100,29 @@ async def _load(runtime: Runtime, org_id: str, approval_id: str) -> Approval:
     return approval
 
 
+async def _four_eyes(runtime: Runtime, caller: Caller, approval: Approval) -> None:
+    """The credential that requested the action, and the user who owns that credential (the
+    user who created the API key), may not decide its approval: one person must not both
+    ask for and grant an exception (``BASTION_APPROVAL_FOUR_EYES``, on by default)."""
+    key_id = approval.requested_by_key
+    if not runtime.settings.approval_four_eyes or key_id is None:
+        return
+    principal = caller.principal
+    if principal.kind == "api_key" and principal.key_id == key_id:
+        raise PermissionDenied(
+            "Four-eyes rule: the API key that requested this action may not decide its approval; "
+            "another approver must."
+        )
+    if principal.kind == "user":
+        async with runtime.sessions() as session:
+            owner = await repo.key_owner(session, approval.org_id, key_id)
+        if owner is not None and owner.lower() == principal.actor.lower():
+            raise PermissionDenied(
+                "Four-eyes rule: you own the API key that requested this action, so you may not decide "
+                "its approval; another approver must."
+            )
+
+
 async def _audit(request: Request[Any, Any, Any], caller: Caller, kind: str, approval: Approval, extra: dict[str, Any]) -> None:
     from gateway.audit import record_change
 
@@ -161,6 +184,7 @@ class ApprovalController(Controller):
         approval = await _load(runtime, org_id, approval_id)
         if caller.principal.uapk_ids is not None and approval.uapk_id not in caller.principal.uapk_ids:
             raise NotFound()
+        await _four_eyes(runtime, caller, approval)
         now = utcnow()
         if repo.effective_status(approval, now) != repo.PENDING:
             raise _not_pending(approval, now)
@@ -209,6 +233,7 @@ class ApprovalController(Controller):
         approval = await _load(runtime, org_id, approval_id)
         if caller.principal.uapk_ids is not None and approval.uapk_id not in caller.principal.uapk_ids:
             raise NotFound()
+        await _four_eyes(runtime, caller, approval)
         now = utcnow()
         if repo.effective_status(approval, now) != repo.PENDING:
             raise _not_pending(approval, now)

@@ -144,6 +144,9 @@ class Settings:
     override_token_ttl_seconds: int = 300
     # Most pending approvals one agent may hold (also never more than its remaining daily quota).
     max_pending_approvals: int = 20
+    # Four eyes: the credential that requested an action (and the user who owns it) may not
+    # decide its approval.
+    approval_four_eyes: bool = True
     # Capability tokens: default and maximum lifetime.
     capability_token_ttl_seconds: int = 900
     capability_token_max_ttl_seconds: int = 24 * 3600
@@ -200,6 +203,7 @@ _SPEC: dict[str, tuple[str, Callable[[str], object]]] = {
     "BASTION_APPROVAL_TTL_SECONDS": ("approval_ttl_seconds", _int("BASTION_APPROVAL_TTL_SECONDS", 60, 30 * 86400)),
     "BASTION_OVERRIDE_TOKEN_TTL_SECONDS": ("override_token_ttl_seconds", _int("BASTION_OVERRIDE_TOKEN_TTL_SECONDS", 10, 86400)),
     "BASTION_MAX_PENDING_APPROVALS": ("max_pending_approvals", _int("BASTION_MAX_PENDING_APPROVALS", 1, 100_000)),
+    "BASTION_APPROVAL_FOUR_EYES": ("approval_four_eyes", _bool("BASTION_APPROVAL_FOUR_EYES")),
     "BASTION_CAPABILITY_TOKEN_TTL_SECONDS": ("capability_token_ttl_seconds", _int("BASTION_CAPABILITY_TOKEN_TTL_SECONDS", 10, 30 * 86400)),
     "BASTION_CAPABILITY_TOKEN_MAX_TTL_SECONDS": ("capability_token_max_ttl_seconds", _int("BASTION_CAPABILITY_TOKEN_MAX_TTL_SECONDS", 10, 30 * 86400)),
     "BASTION_SIGNING_KEY_FILE": ("signing_key_file", _str("BASTION_SIGNING_KEY_FILE")),

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 from sqlalchemy import and_, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from store.models import Approval, new_id
+from store.models import ApiKey, Approval, new_id
 
 PENDING = "PENDING"
 APPROVED = "APPROVED"
@@ -126,6 +126,14 @@ async def get(session: AsyncSession, org_id: str, approval_id: str) -> Approval 
         await session.execute(select(Approval).where(Approval.id == approval_id, Approval.org_id == org_id))
     ).scalar_one_or_none()
     return row
+
+
+async def key_owner(session: AsyncSession, org_id: str, key_id: str) -> str | None:
+    """Who created API key ``key_id`` (``created_by``: a user's email, or the creating key's
+    name), for the four-eyes rule; ``None`` when unknown."""
+    return (
+        await session.execute(select(ApiKey.created_by).where(ApiKey.id == key_id, ApiKey.org_id == org_id))
+    ).scalar_one_or_none()
 
 
 def _status_clause(status: str, now: datetime) -> Any:

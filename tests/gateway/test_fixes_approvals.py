@@ -7,6 +7,7 @@ backends (SQLite embedded; PostgreSQL + Redis).
   remaining daily quota, at most BASTION_MAX_PENDING_APPROVALS); the identical action joins
   its pending approval. Exact under concurrency, also across processes.
 * item 10: the agent's poll shows the override token only to a key that may act as the agent.
+* item 11: four eyes: the requesting key, and the user who owns it, may not decide (403).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from gateway.schemas import GatewayActionRequest
 from policies.compile import ManifestSnapshot, OrgPolicySource, compile_org
 from store.keystore import KeyStore
 from store.quotas import MemoryQuotas
-from tests.conftest import Org, make_key
+from tests.conftest import Org, assert_error, make_key
 
 UAPK_ID = "pay-bot"
 AGENT_ID = "agent-1"
@@ -378,3 +379,67 @@ async def test_only_keys_that_may_act_as_the_agent_read_the_override_token(clien
     seen = (await client.get(poll, headers=viewer)).json()
     full = (await client.get(poll, headers=agent)).json()
     assert {k: v for k, v in seen.items() if k != "override_token"} == {k: v for k, v in full.items() if k != "override_token"}
+
+
+# --- item 11: four eyes ------------------------------------------------------------------------
+async def _session(client: Any, org: Org) -> dict[str, str]:
+    r = await client.post("/api/v1/auth/login", json={"email": org.email, "password": org.password})
+    assert r.status_code == 200, r.text
+    return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+
+async def _refused(client: Any, org: Org, approval_id: str, headers: dict[str, str]) -> None:
+    for verb in ("approve", "deny"):
+        r = await client.post(f"{_approvals(org)}/{approval_id}/{verb}", json={}, headers=headers)
+        body = assert_error(r, 403, "PERMISSION_DENIED")
+        assert "four-eyes" in body["message"].lower(), body
+    seen = (await client.get(f"{_approvals(org)}/{approval_id}", headers=headers)).json()
+    assert seen["status"] == "PENDING" and seen["decided_by"] is None
+
+
+async def test_the_requesting_key_may_not_decide_its_approval(client: Any, org: Org) -> None:
+    """The issue's case: an owner key escalates, approves its own escalation, executes."""
+    await _manifest(client, org)
+    owner_key = org.headers  # the bootstrap key (role owner: it may call the gateway)
+    body = await _execute(client, owner_key, counterparty=ALICE)
+    assert body["decision"] == "escalate", body
+    approval_id = body["approval_id"]
+    await _refused(client, org, approval_id, owner_key)
+    # Its owner (the user who created the bootstrap key) may not either, with a session.
+    await _refused(client, org, approval_id, await _session(client, org))
+    # Another approver may.
+    approver = {"X-API-Key": await make_key(client, org, "approver", name="second-pair")}
+    token = (await _approve(client, org, approval_id, approver))["override_token"]
+    assert (await _execute(client, owner_key, counterparty=ALICE, token=token))["decision"] == "allow"
+
+
+async def test_the_user_who_owns_the_requesting_key_may_not_decide(client: Any, org: Org) -> None:
+    await _manifest(client, org)
+    session = await _session(client, org)
+    # An agent key created by the owner's session: owned by owner@acme.com.
+    r = await client.post(f"/api/v1/orgs/{org.org_id}/api-keys", json={"name": "owned-agent", "role": "agent"},
+                          headers=session)
+    assert r.status_code == 201, r.text
+    agent = {"X-API-Key": r.json()["key"]}
+    first = (await _execute(client, agent, action=_transfer(1)))["approval_id"]
+    second = (await _execute(client, agent, action=_transfer(2)))["approval_id"]
+    await _refused(client, org, first, session)
+    # Other credentials may decide: the bootstrap key (not the requester, not a user).
+    assert (await client.post(f"{_approvals(org)}/{first}/approve", json={}, headers=org.headers)).status_code == 200
+    approver = {"X-API-Key": await make_key(client, org, "approver", name="another")}
+    r = await client.post(f"{_approvals(org)}/{second}/deny", json={"reason": "no"}, headers=approver)
+    assert r.status_code == 200 and r.json()["status"] == "DENIED", r.text
+
+
+async def test_four_eyes_can_be_turned_off(settings_factory: Any) -> None:
+    from bastion.app import create_app
+    from tests.conftest import bootstrap_org, serve_app
+
+    assert load_settings(env={}).approval_four_eyes is True
+    assert load_settings(env={"BASTION_APPROVAL_FOUR_EYES": "false"}).approval_four_eyes is False
+    async with serve_app(create_app(settings_factory(approval_four_eyes=False))) as c:
+        org = await bootstrap_org(c.app)
+        await _manifest(c, org)
+        body = await _execute(c, org.headers, counterparty=ALICE)
+        token = (await _approve(c, org, body["approval_id"], org.headers))["override_token"]
+        assert (await _execute(c, org.headers, counterparty=ALICE, token=token))["decision"] == "allow"
