@@ -2,7 +2,9 @@
 
 Output contract: a command's result is one JSON line on stdout; a failure is one line on
 stderr (``bastion: ...``) and a non-zero exit, never a traceback (set BASTION_LOG_LEVEL=DEBUG
-to get the traceback as well). Configuration errors exit 2 and name the variable.
+to get the traceback as well). Configuration errors exit 2 and name the variable. A command
+that used the configuration ends, on success, with one line on stderr naming the data
+directory and the database it used (``serve`` logs them at start-up instead).
 """
 from __future__ import annotations
 
@@ -27,11 +29,35 @@ def _die(line: str, code: int = 2) -> NoReturn:
     raise SystemExit(code)
 
 
+# The settings the running command loaded (main() names their data directory at the end).
+_loaded: Settings | None = None
+
+
 def _settings() -> Settings:
+    global _loaded
     try:
-        return load_settings()
+        _loaded = load_settings()
     except ConfigError as exc:
         _die(f"bastion: configuration error: {exc}")
+    return _loaded
+
+
+def where(settings: Settings) -> str:
+    """The data directory and database a command used (absolute: the same from any folder)."""
+    line = f"bastion: data directory {settings.data_dir} (database {_redact(settings.database_url)})"
+    hint = _old_default_hint(settings)
+    return f"{line}; {hint}" if hint else line
+
+
+def _old_default_hint(settings: Settings) -> str | None:
+    """Before the data directory had an absolute default it was ./data: point at a database
+    left there, instead of silently starting afresh."""
+    if "BASTION_DATA_DIR" in os.environ:
+        return None
+    old = Path("data").absolute()
+    if old != settings.data_dir and (old / "bastion.db").is_file():
+        return f"note: {old / 'bastion.db'} is not used (the default is no longer ./data); set BASTION_DATA_DIR={old} to use it"
+    return None
 
 
 def _why(exc: BaseException) -> str:
@@ -206,8 +232,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.getLogger("bastion").info(
         "serving",
         extra={"fields": {"url": f"http://{settings.host}:{settings.port}", "workers": settings.workers, "only": args.only,
-                          "database": _redact(settings.database_url), "redis": bool(settings.redis_url)}},
+                          "data_dir": str(settings.data_dir), "database": _redact(settings.database_url),
+                          "redis": bool(settings.redis_url)}},
     )
+    hint = _old_default_hint(settings)
+    if hint:
+        logging.getLogger("bastion").warning(hint)
     uvicorn.run(
         factory,
         factory=True,
@@ -251,7 +281,12 @@ def main(argv: list[str] | None = None) -> int:
     from bastion import policy_cli
     policy_cli.register(sub).set_defaults(func=lambda a: policy_cli.run(a, _settings))
     args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    global _loaded
+    _loaded = None
+    code = int(args.func(args) or 0)
+    if code == 0 and _loaded is not None and args.command != "serve":
+        print(where(_loaded), file=sys.stderr, flush=True)
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,13 +1,13 @@
 """``bastion policy test|export|import``: policy rules as files (docs/policies.md).
 
-* ``bastion policy test FILE.yaml [--org SLUG | --rules FILE]`` runs the file's cases and
+* ``bastion policy test FILE.yaml [--org SLUG_OR_ID | --rules FILE]`` runs the file's cases and
   prints one line per case (``PASS``/``FAIL``) with an expected/actual diff for failures.
   Exit 0 when every case passes, 1 otherwise (a failing case, or a file that is not valid).
   Rules: ``--rules FILE`` (YAML or Casbin CSV), else the test file's ``rules`` /
   ``rules_file``, else (with ``--org``) the organization's live rules. Agents: the test
   file's ``agents`` (no database needed), or with ``--org`` the organization's manifests.
-* ``bastion policy export --org SLUG [--format yaml|csv] [--version N] [--output FILE]``
-* ``bastion policy import --org SLUG FILE [--format yaml|csv] [--shadow] [--author NAME]``
+* ``bastion policy export --org SLUG_OR_ID [--format yaml|csv] [--version N] [--output FILE]``
+* ``bastion policy import --org SLUG_OR_ID FILE [--format yaml|csv] [--shadow] [--author NAME]``
   publishes the file as a new live version (or deploys it as the shadow set).
 """
 from __future__ import annotations
@@ -59,15 +59,17 @@ def _read_rules(path: Path, fmt: str | None = None) -> list[Any]:
 
 # --- database access (export, import, --org) ----------------------------------------------
 async def _with_org(settings: Any, slug: str, fn: Any) -> Any:
-    from store.accounts import get_org_by_slug
+    """``--org`` is an organization's slug or its id."""
+    from bastion.cli import _redact
+    from store.accounts import get_org, get_org_by_slug
     from store.runtime import Runtime
 
     runtime = Runtime.build(settings)
     try:
         async with runtime.sessions() as session:
-            org = await get_org_by_slug(session, slug)
+            org = await get_org_by_slug(session, slug) or (await get_org(session, slug) if len(slug) <= 36 else None)
         if org is None:
-            raise ValidationFailed(f"no organization with slug {slug!r}")
+            raise ValidationFailed(f"no organization with slug or id {slug!r} in {_redact(settings.database_url)}")
         return await fn(runtime, org.id)
     finally:
         await runtime.close()
@@ -202,16 +204,16 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> argp
     t = ps.add_parser("test", help="run a YAML file of cases; exit 0 when all pass, 1 otherwise")
     t.add_argument("file")
     src = t.add_mutually_exclusive_group()
-    src.add_argument("--org", help="organization slug: its manifests (and live rules unless the file has rules)")
+    src.add_argument("--org", help="organization slug or id: its manifests (and live rules unless the file has rules)")
     src.add_argument("--rules", help="a rule file (YAML or Casbin CSV); agents come from the test file")
     e = ps.add_parser("export", help="write an organization's rules as YAML or Casbin CSV")
-    e.add_argument("--org", required=True)
+    e.add_argument("--org", required=True, help="organization slug or id")
     e.add_argument("--format", choices=["yaml", "csv"])
     e.add_argument("--version", type=int, help="an older policy version (default: the live one)")
     e.add_argument("--output", "-o")
     i = ps.add_parser("import", help="publish a rule file as a new policy version")
     i.add_argument("file")
-    i.add_argument("--org", required=True)
+    i.add_argument("--org", required=True, help="organization slug or id")
     i.add_argument("--format", choices=["yaml", "csv"])
     i.add_argument("--shadow", action="store_true", help="deploy as the shadow set instead of publishing")
     i.add_argument("--author", default="cli", help="recorded as the version's author (default: cli)")

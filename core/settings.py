@@ -108,7 +108,9 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 1
-    data_dir: Path = Path("./data")
+    # Absolute, so that every command finds the same database whatever its working directory
+    # (load_settings resolves BASTION_DATA_DIR, or this default, once).
+    data_dir: Path = field(default_factory=lambda: default_data_dir(os.environ))
     database_url: str = ""
     redis_url: str | None = None
     # Every Redis call on a request path (quotas, audit hand-over, rate limits) gives up after
@@ -242,6 +244,26 @@ def _level(raw: str) -> str:
     return up
 
 
+def default_data_dir(env: Mapping[str, str]) -> Path:
+    """Where the embedded database, signing keys and pepper live when BASTION_DATA_DIR is unset:
+    ``$XDG_DATA_HOME/bastion``, else ``~/.local/share/bastion`` (the XDG base-directory
+    default), else ``/var/lib/bastion`` for a user without a home directory. Never relative to
+    the working directory: ``bastion bootstrap`` run from another folder must not create a
+    second database there."""
+    xdg = env.get("XDG_DATA_HOME", "")
+    if xdg and Path(xdg).is_absolute():
+        return Path(xdg) / "bastion"
+    home = env.get("HOME", "")
+    if not (home and Path(home).is_absolute()):
+        try:
+            home = str(Path.home())
+        except (RuntimeError, KeyError):
+            home = ""
+    if home and Path(home).is_absolute():
+        return Path(home) / ".local" / "share" / "bastion"
+    return Path("/var/lib/bastion")
+
+
 def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
     """Build Settings from ``env`` (default ``os.environ``); keyword overrides win (tests)."""
     env = os.environ if env is None else env
@@ -250,7 +272,8 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> 
         if var in env:
             values[attr] = parse(env[var])
     values.update(overrides)
-    data_dir = Path(values.get("data_dir", Settings.data_dir))  # type: ignore[arg-type]
+    raw_dir = values.get("data_dir")
+    data_dir = Path(raw_dir).expanduser().absolute() if raw_dir else default_data_dir(env)  # type: ignore[arg-type]
     values["data_dir"] = data_dir
     if not values.get("database_url"):
         values["database_url"] = f"sqlite+aiosqlite:///{data_dir / 'bastion.db'}"

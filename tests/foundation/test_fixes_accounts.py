@@ -441,3 +441,145 @@ async def test_invitations_are_audited(client: Any, org: Any, other_org: Any) ->
     assert "ignored-pass-1" not in str(events)
     assert added["actor"] == f"user:{other_org.email}"
     assert added["details"]["user_id"] == other_org.user_id and added["details"]["invitation_id"] == inv
+
+
+# --- contract gap: the CLI does not depend on the working directory --------------------------
+def _cli_env(monkeypatch: Any, home: Any) -> None:
+    import os
+
+    for var in list(os.environ):
+        if var.startswith("BASTION_") or var == "XDG_DATA_HOME":
+            monkeypatch.delenv(var)
+    monkeypatch.setenv("HOME", str(home))
+
+
+def _boot(capsys: Any) -> dict[str, str]:
+    import json
+
+    from bastion.cli import main
+
+    assert main(["bootstrap", "--org-slug", "initech", "--org-name", "Initech", "--admin-email", "boss@initech.com",
+                 "--admin-password", "tps-report-99"]) == 0
+    out, err = capsys.readouterr()
+    return {**json.loads(out), "err": err}
+
+
+def test_bootstrap_from_any_folder_uses_one_absolute_data_directory(tmp_path: Any, monkeypatch: Any, capsys: Any) -> None:
+    import asyncio
+
+    from core.settings import load_settings
+
+    home = tmp_path / "home"
+    data = home / ".local" / "share" / "bastion"
+    _cli_env(monkeypatch, home)
+    first_dir, other_dir = tmp_path / "repo", tmp_path / "elsewhere"
+    first_dir.mkdir()
+    other_dir.mkdir()
+    monkeypatch.chdir(first_dir)
+    one = _boot(capsys)
+    monkeypatch.chdir(other_dir)
+    two = _boot(capsys)
+    # The same organization, in the same database: no second one was made in the other folder.
+    assert (two["org_id"], two["user_id"]) == (one["org_id"], one["user_id"])
+    assert not (first_dir / "data").exists() and not (other_dir / "data").exists()
+    assert (data / "bastion.db").is_file() and (data / "api-key-pepper").is_file()
+    # Every command names the data directory and database it used (stderr; stdout stays JSON).
+    for err in (one["err"], two["err"]):
+        assert err.strip().splitlines()[-1] == f"bastion: data directory {data} (database sqlite+aiosqlite:///{data}/bastion.db)"
+
+    async def key_works() -> int:
+        from bastion.app import create_app
+        from tests.conftest import serve_app
+
+        app = create_app(load_settings())  # the server, started from yet another folder
+        async with serve_app(app) as c:
+            r = await c.get(f"/api/v1/orgs/{one['org_id']}", headers={"X-API-Key": two["api_key"]})
+            return r.status_code
+
+    monkeypatch.chdir(tmp_path)
+    assert asyncio.run(key_works()) == 200
+
+
+def test_policy_org_takes_a_slug_or_an_id(tmp_path: Any, monkeypatch: Any, capsys: Any) -> None:
+    import json
+
+    from bastion.cli import main
+
+    _cli_env(monkeypatch, tmp_path / "home")
+    monkeypatch.chdir(tmp_path)
+    org_id = _boot(capsys)["org_id"]
+    for ref in ("initech", org_id):
+        out_file = tmp_path / f"rules-{len(ref)}.yaml"
+        assert main(["policy", "export", "--org", ref, "--output", str(out_file)]) == 0
+        out, err = capsys.readouterr()
+        assert json.loads(out)["exported"] == str(out_file) and "bastion: data directory" in err
+    assert main(["policy", "export", "--org", "globex"]) == 1
+    out, err = capsys.readouterr()
+    data = tmp_path / "home" / ".local" / "share" / "bastion"
+    assert out == "" and len(err.strip().splitlines()) == 1
+    assert "no organization with slug or id 'globex'" in err and str(data / "bastion.db") in err
+
+
+def test_migrate_and_keys_name_the_data_directory_and_a_relative_one_is_made_absolute(tmp_path: Any, monkeypatch: Any, capsys: Any) -> None:
+    import json
+
+    from bastion.cli import main
+
+    _cli_env(monkeypatch, tmp_path / "home")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BASTION_DATA_DIR", "rel/data")
+    assert main(["migrate"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["migrated"] is True
+    assert err.strip() == f"bastion: data directory {tmp_path / 'rel' / 'data'} (database sqlite+aiosqlite:///{tmp_path}/rel/data/bastion.db)"
+    assert main(["keys", "list"]) == 0
+    assert capsys.readouterr().err.startswith(f"bastion: data directory {tmp_path / 'rel' / 'data'} ")
+
+
+def test_a_database_left_in_the_old_default_is_pointed_at(tmp_path: Any, monkeypatch: Any, capsys: Any) -> None:
+    from bastion.cli import main
+
+    _cli_env(monkeypatch, tmp_path / "home")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "bastion.db").write_bytes(b"")
+    assert main(["keys", "list"]) == 0
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'data' / 'bastion.db'} is not used" in err and f"BASTION_DATA_DIR={tmp_path / 'data'}" in err
+
+
+def test_serve_logs_the_data_directory_at_start_up(tmp_path: Any, monkeypatch: Any, capsys: Any) -> None:
+    import json
+    import logging
+
+    import uvicorn
+
+    from bastion.cli import main
+
+    _cli_env(monkeypatch, tmp_path / "home")
+    monkeypatch.chdir(tmp_path)
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: calls.append(kw))
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        assert main(["serve"]) == 0
+    finally:  # serve configured logging to this test's captured stdout
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    assert calls and calls[0]["proxy_headers"] is False
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    serving = next(line for line in lines if line.get("msg") == "serving")
+    assert serving["data_dir"] == str(tmp_path / "home" / ".local" / "share" / "bastion")
+
+
+def test_default_data_dir() -> None:
+    from pathlib import Path
+
+    from core.settings import default_data_dir, load_settings
+
+    assert default_data_dir({"XDG_DATA_HOME": "/xdg", "HOME": "/home/a"}) == Path("/xdg/bastion")
+    assert default_data_dir({"XDG_DATA_HOME": "relative", "HOME": "/home/a"}) == Path("/home/a/.local/share/bastion")
+    assert default_data_dir({"HOME": "/home/a"}) == Path("/home/a/.local/share/bastion")
+    assert default_data_dir({"HOME": "/home/a"}).is_absolute()
+    assert load_settings({"BASTION_DATA_DIR": "~/b", "HOME": "/home/a"}).data_dir == Path.home() / "b"

@@ -9,10 +9,11 @@ from core.settings import ConfigError, load_settings
 
 
 def test_defaults_are_the_embedded_single_process_server() -> None:
-    s = load_settings({})
+    s = load_settings({"HOME": "/home/ann"})
     assert (s.host, s.port, s.workers) == ("127.0.0.1", 8000, 1)
-    assert s.data_dir == Path("data")
-    assert s.database_url == "sqlite+aiosqlite:///data/bastion.db"
+    # An absolute default, whatever the working directory (tests/foundation/test_fixes_accounts.py).
+    assert s.data_dir == Path("/home/ann/.local/share/bastion")
+    assert s.database_url == "sqlite+aiosqlite:////home/ann/.local/share/bastion/bastion.db"
     assert s.redis_url is None and s.embedded and s.is_sqlite
     assert (s.gateway_max_body, s.api_max_body) == (64 * 1024, 1024 * 1024)
     assert s.log_level == "INFO" and s.rate_limits_enabled
