@@ -12,7 +12,11 @@ Two backends with identical results:
   to EVAL, which also caches it again). Time comes from Redis ``TIME``, so every gateway
   process agrees on the window. Any Redis failure raises ``ServiceUnavailable``: fail closed.
 * ``MemoryQuotas``: the embedded mode (no Redis). Each call runs without awaiting, so it is
-  atomic on the event loop; the clock is injectable for tests.
+  atomic on the event loop.
+
+Both take a ``clock`` (epoch seconds; ``None`` for Redis means Redis ``TIME``), also settable
+later as the ``clock`` attribute: tests pin it, so that a run crossing a UTC hour or day
+boundary cannot admit more than the test expects (tests/conftest.py pins every in-process app).
 """
 from __future__ import annotations
 
@@ -100,7 +104,8 @@ class QuotaBackend(Protocol):
 
 
 class RedisQuotas:
-    def __init__(self, redis: Any, *, test_clock: Callable[[], float] | None = None, max_in_flight: int = 64):
+    def __init__(self, redis: Any, *, clock: Callable[[], float] | None = None,
+                 test_clock: Callable[[], float] | None = None, max_in_flight: int = 64):
         self.redis = redis
         # redis-py's pool refuses (MaxConnectionsError) beyond 100 connections; queue here
         # instead, below that bound, so a burst waits a little rather than failing with 503s.
@@ -110,8 +115,9 @@ class RedisQuotas:
         self.fail_fast_for = 0.25
         self.slot_wait = 1.0
         self._failing_until = 0.0
-        # Only tests set this: it replaces Redis TIME (ARGV[5]) to probe window edges.
-        self._test_clock = test_clock
+        # Only tests set this: it replaces Redis TIME (ARGV[5]) to pin the windows or probe
+        # their edges. ``test_clock`` is its older name.
+        self.clock = clock if clock is not None else test_clock
 
     async def prepare(self) -> None:
         """SCRIPT LOAD at start-up (best effort: EVALSHA falls back to EVAL anyway)."""
@@ -143,7 +149,7 @@ class RedisQuotas:
         keys = [base_key(org_id, uapk_id)]
         if override is not None:
             keys.append(override_key(org_id, uapk_id, override.jti))
-        now_arg = "" if self._test_clock is None else str(int(self._test_clock() * 1000))
+        now_arg = "" if self.clock is None else str(int(self.clock() * 1000))
         args = [mode, str(int(hour_limit)), str(int(day_limit)),
                 str(override.expires_at * 1000) if override else "", now_arg]
         if audit is not None:  # (stream key, event): XADDed by the script (gateway/audit.py)

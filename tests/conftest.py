@@ -146,9 +146,23 @@ class Client(httpx.AsyncClient):
     app: Any
 
 
+# Every in-process app's quota windows read this fixed instant instead of the real clock (Redis
+# TIME, or time.time in the embedded mode): a run that crosses a UTC hour or day boundary would
+# otherwise start fresh windows mid-test and admit more than the test expects. Mid-hour, and in
+# the past (an override marker lives until its token's expiry *after* this clock, plus a minute).
+QUOTA_NOW = 1_767_227_400.0  # 2026-01-01T00:30:00Z
+
+
+def pin_quota_clock(app: Any, now: float = QUOTA_NOW) -> None:
+    gateway = getattr(app.state, "gateway", None)
+    if gateway is not None:
+        gateway.quotas.clock = lambda: now
+
+
 @asynccontextmanager
 async def serve_app(app: Any) -> AsyncIterator[Client]:
     async with app.state.lifespan(app):
+        pin_quota_clock(app)
         async with Client(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as c:
             c.app = app
             yield c

@@ -184,7 +184,7 @@ async def test_redis_time_is_used_without_a_test_clock(redis_url: str) -> None:
 async def test_noscript_falls_back_to_eval(redis_url: str) -> None:
     redis = Redis.from_url(redis_url)
     try:
-        q = RedisQuotas(redis)
+        q = RedisQuotas(redis, clock=Clock(T0 + 10))  # one window for both spends
         await redis.script_flush()
         assert (await q.spend("o", "u", 5, 5)).status == OK  # NOSCRIPT -> EVAL
         assert (await q.spend("o", "u", 5, 5)).hour_used == 2  # EVALSHA again
@@ -192,6 +192,31 @@ async def test_noscript_falls_back_to_eval(redis_url: str) -> None:
         assert SCRIPT.startswith("--")
     finally:
         await redis.aclose()
+
+
+async def test_in_process_apps_pin_the_quota_windows(client: Any, org: Any) -> None:
+    """tests/conftest.py pins every in-process app's quota clock (both backends): the windows,
+    and so the reset time reported by a denial, follow the pinned instant, not the real clock —
+    a run crossing a UTC hour or day boundary cannot start a fresh window mid-test."""
+    from tests.conftest import QUOTA_NOW, make_key
+    from tests.gateway.factories import action, add_manifest
+
+    assert client.app.state.gateway.quotas.clock() == QUOTA_NOW
+    await add_manifest(client.app.state.runtime, org.org_id, "support-bot", max_per_hour=1, max_per_day=10)
+    key = {"X-API-Key": await make_key(client, org, "agent", ["support-bot"])}
+    r = await client.post("/api/v1/gateway/execute", json=action(), headers=key)
+    assert r.json()["decision"] == "allow", r.text
+    r = await client.post("/api/v1/gateway/execute", json=action(), headers=key)
+    details = r.json()["reasons"][0]["details"]
+    assert r.json()["reasons"][0]["code"] == "hourly_budget_exceeded"
+    assert details["reset_at"] == "2026-01-01T01:00:00Z" and details["retry_after"] == 1800, details
+
+
+async def test_a_clock_set_after_construction_is_used(quotas: tuple[Any, Clock]) -> None:
+    q, _ = quotas
+    q.clock = lambda: T0 + 7200 + 5
+    r = await q.spend("o", "u", 5, 5)
+    assert r.now == T0 + 7200 + 5 and r.hour_reset == T0 + 3 * 3600
 
 
 async def test_redis_unreachable_fails_closed() -> None:
