@@ -233,12 +233,14 @@ class Pipeline:
         if verdict.effect in ("deny", "narrowed") and verdict.rule is not None:
             rid = verdict.rule.id
             if verdict.effect == "deny":
-                reason = Reason(POLICY_DENIED, f"Capability '{cap}' is denied by the policy rule '{rid}'.",
-                                {"capability": cap, "rule": rid})
+                reason = Reason(POLICY_DENIED, f"Capability '{cap}' is denied by the policy rule '{rid}'."
+                                + _missing_note(verdict.missing, "holds"),
+                                _with_missing({"capability": cap, "rule": rid}, verdict.missing))
             else:
                 reason = Reason(POLICY_CONDITIONS_NOT_MET, f"Capability '{cap}' is allowed only under the conditions "
-                                f"of the policy rule '{rid}', which this action does not meet.",
-                                {"capability": cap, "rule": rid})
+                                f"of the policy rule '{rid}', which this action does not meet."
+                                + _missing_note(verdict.missing, "fails"),
+                                _with_missing({"capability": cap, "rule": rid}, verdict.missing))
             return self._deny(d, "capability", reason, rule=verdict.rule_ref)
         d.trace.append(Step("capability", "pass", f"'{cap}' granted", grant.rule))
 
@@ -247,8 +249,10 @@ class Pipeline:
         mark: OverrideMark | None = None
         human_rule = agent.needs_human(cap)
         human_ref = f"require_human_approval:{human_rule}"
+        missing: tuple[str, ...] = ()
         if human_rule is None and verdict.effect == "escalate" and verdict.rule is not None:
             human_rule, human_ref = verdict.rule_ref, verdict.rule_ref  # an escalate policy rule
+            missing = verdict.missing
         if human_rule is None:
             d.trace.append(Step("human_approval", "pass", "not required"))
         elif req.override_token:
@@ -266,8 +270,9 @@ class Pipeline:
             mark = OverrideMark(verdict.jti, int(verdict.expires_at))
             d.trace.append(Step("human_approval", "pass", "override token accepted", human_ref))
         else:
-            escalate = Reason(REQUIRES_HUMAN_APPROVAL, f"Capability '{cap}' requires human approval.",
-                              {"capability": cap, "rule": human_rule})
+            escalate = Reason(REQUIRES_HUMAN_APPROVAL, f"Capability '{cap}' requires human approval."
+                              + _missing_note(missing, "holds"),
+                              _with_missing({"capability": cap, "rule": human_rule}, missing))
             d.trace.append(Step("human_approval", "escalate", "a human must approve this action", human_ref))
 
         # 4. quotas (one round trip; spends only an allowed execute)
@@ -363,6 +368,20 @@ class Pipeline:
             if later not in done:
                 d.trace.append(Step(later, "skip", "not evaluated: an earlier check denied"))
         return d
+
+
+def _missing_note(missing: tuple[str, ...], outcome: str) -> str:
+    """Why a fail-closed rule decided: the request fields its conditions could not look at."""
+    if not missing:
+        return ""
+    return (f" The action does not carry {', '.join(missing)}, so the rule's condition on "
+            f"{'it' if len(missing) == 1 else 'them'} {outcome} (fail closed).")
+
+
+def _with_missing(details: dict[str, Any], missing: tuple[str, ...]) -> dict[str, Any]:
+    if missing:
+        details["missing"] = list(missing)
+    return details
 
 
 def _rfc3339(epoch: int) -> str:

@@ -208,7 +208,9 @@ def explain_rules(org: CompiledOrg, d: Decision, req: GatewayActionRequest) -> d
     matched = []
     if d.policy is not None:
         for m in d.policy.matched:
-            matched.append({**m.rule.to_dict(), "conditions_hold": m.held})
+            # "missing": request fields the rule's conditions read but the request lacks; a deny
+            # or escalate condition on them holds, an allow condition fails (fail closed).
+            matched.append({**m.rule.to_dict(), "conditions_hold": m.held, "missing": list(m.missing)})
     out: dict[str, Any] = {
         "matched_rules": matched,
         "decided_by": d.policy.rule.id if d.policy is not None and d.policy.rule is not None and d.policy.effect else None,

@@ -20,6 +20,8 @@ manifest already allows, with the rules whose subject and pattern match:
 
 Conditions fail closed: an attribute the request does not carry (no amount, no currency, no
 counterparty jurisdiction) makes a deny/escalate condition hold and an allow condition fail.
+A verdict names those missing fields (``Verdict.missing``, ``Match.missing``) so that a denial
+says why, not only which rule.
 
 Conditions are data, parsed by strict grammars and evaluated by plain comparisons; no user
 text is ever evaluated. No HTTP, no SQL here.
@@ -106,6 +108,18 @@ class Conditions:
 
     def __bool__(self) -> bool:
         return bool(self.to_dict())
+
+    def missing(self, ctx: RuleContext) -> tuple[str, ...]:
+        """The request fields these conditions read that ``ctx`` does not carry, named as in
+        the gateway request; each such condition was decided fail-closed by ``holds``."""
+        out: tuple[str, ...] = ()
+        if (self.amount_above is not None or self.amount_below is not None) and ctx.amount is None:
+            out += ("action.amount",)
+        if self.currency and ctx.currency is None:
+            out += ("action.currency",)
+        if self.jurisdiction_in and ctx.jurisdiction is None:
+            out += ("counterparty.jurisdiction",)
+        return out
 
     def holds(self, ctx: RuleContext, missing: bool) -> bool:
         """All conditions hold for ``ctx``. ``missing`` is the value of a condition on an
@@ -418,6 +432,7 @@ def rule_from_line(line: Sequence[str], where: str = "line", auto_id: str = "rul
 class Match:
     rule: Rule
     held: bool  # its conditions hold for this request
+    missing: tuple[str, ...] = ()  # request fields its conditions read that the request lacks
 
 
 @dataclass(frozen=True, slots=True)
@@ -427,6 +442,9 @@ class Verdict:
     effect: str | None
     rule: Rule | None = None
     matched: tuple[Match, ...] = ()
+    # Request fields whose absence decided ``effect`` (fail closed): the deciding rule's, or
+    # for "narrowed" those of every allow rule that failed.
+    missing: tuple[str, ...] = ()
 
     @property
     def rule_ref(self) -> str | None:
@@ -488,17 +506,19 @@ class RuleIndex:
         if not found:
             return NO_OBJECTION
         found.sort(key=lambda r: (EFFECTS.index(r.effect), r.id))
-        matched = tuple(Match(r, r.conditions.holds(ctx, missing=r.effect != "allow")) for r in found)
+        matched = tuple(Match(r, r.conditions.holds(ctx, missing=r.effect != "allow"), r.conditions.missing(ctx))
+                        for r in found)
         for effect in ("deny", "escalate"):
             for m in matched:
                 if m.rule.effect == effect and m.held:
-                    return Verdict(effect, m.rule, matched)
+                    return Verdict(effect, m.rule, matched, m.missing)
         allows = [m for m in matched if m.rule.effect == "allow"]
         if allows:
             held = [m for m in allows if m.held]
             if held:
                 return Verdict(None, held[0].rule, matched)
-            return Verdict("narrowed", allows[0].rule, matched)
+            missing = tuple(dict.fromkeys(f for m in allows for f in m.missing))
+            return Verdict("narrowed", allows[0].rule, matched, missing)
         return Verdict(None, None, matched)
 
 

@@ -264,3 +264,48 @@ async def test_manifest_not_active_names_the_suspended_version_not_a_newer_rejec
     assert "1.0.1" in reason["message"] and "suspended" in reason["message"]
     ev = await decide(client, key, action(tool="crm", type="read"), EVAL)
     assert ev["trace"][0]["rule"] == "status:suspended"
+
+
+# --- fail-closed denials say which field was missing -------------------------------------------
+async def test_fail_closed_denials_name_the_missing_field(client: Any, org: Org) -> None:
+    await add_manifest(rt(client), org.org_id, "support-bot", approved=["payments:*"])
+    await add_rule(client, org, {"id": "sanctioned", "subject": "*", "capability": "payments:*", "effect": "deny",
+                                 "conditions": {"jurisdiction_in": ["KP", "IR"]}})
+    key = await make_key(client, org, "agent")
+    refund = action(tool="payments", type="refund", amount=20, currency="EUR")
+    out = await decide(client, key, refund)
+    reason = out["reasons"][0]
+    assert out["decision"] == "deny" and reason["code"] == "policy_denied"
+    assert reason["details"]["missing"] == ["counterparty.jurisdiction"], reason
+    assert "counterparty.jurisdiction" in reason["message"] and "fail closed" in reason["message"]
+    r = await client.post(f"{policies(org)}/explain", json=refund, headers=org.headers)
+    assert r.status_code == 200, r.text
+    ex = r.json()
+    (rule,) = ex["matched_rules"]
+    assert rule["id"] == "sanctioned" and rule["conditions_hold"] is True
+    assert rule["missing"] == ["counterparty.jurisdiction"]
+    assert ex["reasons"][0]["details"]["missing"] == ["counterparty.jurisdiction"]
+    assert "counterparty.jurisdiction" in ex["trace"][2]["detail"]
+    # With the jurisdiction sent, the same rule does not apply and nothing is missing.
+    ok = await client.post(f"{policies(org)}/explain", json={**refund, "counterparty": {"jurisdiction": "DE"}},
+                           headers=org.headers)
+    assert ok.json()["decision"] == "allow"
+    assert ok.json()["matched_rules"][0]["missing"] == [] and ok.json()["matched_rules"][0]["conditions_hold"] is False
+
+
+async def test_escalations_and_narrowing_name_the_missing_field_too(client: Any, org: Org) -> None:
+    await add_manifest(rt(client), org.org_id, "support-bot", approved=["payments:*"])
+    await add_rule(client, org, {"id": "big", "subject": "*", "capability": "payments:send", "effect": "escalate",
+                                 "conditions": {"amount_above": 1000, "currency": ["EUR"]}})
+    await add_rule(client, org, {"id": "small-refunds", "subject": "*", "capability": "payments:refund",
+                                 "effect": "allow", "conditions": {"amount_below": 500}})
+    key = await make_key(client, org, "agent")
+    out = await decide(client, key, action(tool="payments", type="send"), EVAL)
+    assert out["decision"] == "escalate"
+    assert out["reasons"][0]["details"]["missing"] == ["action.amount", "action.currency"], out["reasons"]
+    out = await decide(client, key, action(tool="payments", type="refund"), EVAL)
+    assert out["reasons"][0]["code"] == "policy_conditions_not_met"
+    assert out["reasons"][0]["details"]["missing"] == ["action.amount"]
+    # an amount that is simply too large is not "missing"
+    out = await decide(client, key, action(tool="payments", type="refund", amount=900), EVAL)
+    assert out["reasons"][0]["code"] == "policy_conditions_not_met" and "missing" not in out["reasons"][0]["details"]
