@@ -11,6 +11,7 @@ from typing import Any, Awaitable, Callable
 import msgspec
 
 from core.clock import isoformat, utcnow
+from core.errors import ServiceUnavailable
 from gateway.overrides import action_hash, bound_action, issue_override
 from gateway.idsets import ExpiringIds
 from store import approvals as repo
@@ -224,6 +225,47 @@ class UsedOverrides(ExpiringIds):
 
     def __init__(self) -> None:
         super().__init__("override_consumed", repo.overrides_used_since)
+
+
+async def override_spent(runtime: Runtime, approval: Approval, used: Any = None) -> bool:
+    """Has the approval's override token been used? Exact from the moment the gateway spent
+    it, not only once ``override_used_at`` is written (that happens off the response path):
+
+    * ``override_used_at`` in the database;
+    * ``used`` (the gateway's ``UsedOverrides``): the spending process adds the jti before it
+      answers, other processes learn it from the change bus and the database catch-up;
+    * with Redis, the single-use marker itself (one ``EXISTS``), which the quota script sets
+      in the very step that spends the token, whichever process spent it.
+
+    Raises ``ServiceUnavailable`` when Redis cannot answer: the token is not shown then."""
+    if approval.override_used_at is not None:
+        return True
+    jti = approval.override_jti
+    if jti is None:
+        return False
+    if used is not None and jti in used:
+        return True
+    if runtime.redis is None:
+        return False
+    from store.quotas import override_key
+
+    try:
+        return bool(await runtime.redis.exists(override_key(approval.org_id, approval.uapk_id, jti)))
+    except Exception as exc:  # redis errors, timeouts, OSError: fail closed (no token shown)
+        raise ServiceUnavailable(
+            f"Cannot tell whether the override token was used ({type(exc).__name__}); retry shortly."
+        ) from exc
+
+
+def override_status(approval: Approval, now: datetime, spent: bool) -> str | None:
+    """``UNUSED`` (the token can be used), ``USED``, ``EXPIRED``; ``None`` unless APPROVED."""
+    if repo.effective_status(approval, now) != repo.APPROVED:
+        return None
+    if spent:
+        return "USED"
+    if approval.override_expires_at is not None and approval.override_expires_at <= now:
+        return "EXPIRED"
+    return "UNUSED"
 
 
 def override_token_of(approval: Approval, runtime: Runtime) -> str | None:

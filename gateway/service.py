@@ -134,10 +134,12 @@ class Gateway:
                 self.runtime, d, req, org_id=org_id, interaction_id=interaction_id, key_id=key_id, record=rec.done,
             )
         else:
+            if d.override_consumed and d.override is not None:
+                # Before any await: from here on this process refuses the token and the agent's
+                # poll no longer shows it; other processes learn it via the bus and the database.
+                self.used_overrides.add(d.override.jti, d.override.expires_at)
             await rec.done(d)  # raises (503) when the event cannot be queued: no answer without it
         if d.decision == "allow" and d.override_consumed and d.override is not None:
-            # Refused at once by this process; by the others via the bus and the database.
-            self.used_overrides.add(d.override.jti, d.override.expires_at)
             self._record_override_use(org_id, d.override.approval_id, d.override.jti, d.override.expires_at)
         body = ExecuteResponse(
             interaction_id=interaction_id,

@@ -8,6 +8,8 @@ backends (SQLite embedded; PostgreSQL + Redis).
   its pending approval. Exact under concurrency, also across processes.
 * item 10: the agent's poll shows the override token only to a key that may act as the agent.
 * item 11: four eyes: the requesting key, and the user who owns it, may not decide (403).
+* contract gap: once used, the agent's poll never returns the override token again
+  (``override_status: USED``), even before the use reaches the database.
 """
 from __future__ import annotations
 
@@ -443,3 +445,76 @@ async def test_four_eyes_can_be_turned_off(settings_factory: Any) -> None:
         body = await _execute(c, org.headers, counterparty=ALICE)
         token = (await _approve(c, org, body["approval_id"], org.headers))["override_token"]
         assert (await _execute(c, org.headers, counterparty=ALICE, token=token))["decision"] == "allow"
+
+
+# --- contract gap: a used override token is never polled again ----------------------------------
+def _late_database(monkeypatch: Any) -> None:
+    """The use reaches the database late (it is recorded off the response path): here never."""
+    import gateway.approvals
+
+    async def never(*args: Any, **kwargs: Any) -> None:
+        return None
+
+    monkeypatch.setattr(gateway.approvals, "on_override_consumed", never)
+
+
+async def test_poll_never_returns_a_used_token(client: Any, org: Org, monkeypatch: Any) -> None:
+    await _manifest(client, org)
+    agent = await _agent(client, org)
+    body = await _execute(client, agent, counterparty=ALICE)
+    approval_id = body["approval_id"]
+    poll = f"/api/v1/approvals/{approval_id}"
+    pending = (await client.get(poll, headers=agent)).json()
+    assert pending["override_status"] is None and pending["override_token"] is None
+    token = (await _approve(client, org, approval_id))["override_token"]
+    polled = (await client.get(poll, headers=agent)).json()
+    assert polled["override_status"] == "UNUSED" and polled["override_token"] == token
+
+    _late_database(monkeypatch)
+    assert (await _execute(client, agent, counterparty=ALICE, token=token))["decision"] == "allow"
+    polled = (await client.get(poll, headers=agent)).json()
+    # Still APPROVED (the SDK compares the status), but the token is gone and says why.
+    assert polled["status"] == "APPROVED" and polled["override_token"] is None, polled
+    assert polled["override_status"] == "USED"
+
+
+@pytest.mark.parametrize("backend", ["postgres"])  # replicas share PostgreSQL and Redis
+async def test_poll_on_another_process_never_returns_a_used_token(settings_factory: Any, monkeypatch: Any) -> None:
+    """Spent on one gateway process, polled on another before the database or the change bus
+    could tell it: the single-use marker in Redis does."""
+    from bastion.app import create_app
+    from tests.conftest import bootstrap_org, serve_app
+
+    settings = settings_factory()
+    async with serve_app(create_app(settings)) as a, serve_app(create_app(settings)) as b:
+        org = await bootstrap_org(a.app)
+        await _manifest(a, org)
+        agent = await _agent(a, org)
+        body = await _execute(a, agent, counterparty=ALICE)
+        poll = f"/api/v1/approvals/{body['approval_id']}"
+        token = (await _approve(a, org, body["approval_id"]))["override_token"]
+        assert (await b.get(poll, headers=agent)).json()["override_token"] == token
+        _late_database(monkeypatch)  # and so nothing is announced on the change bus either
+        assert (await _execute(a, agent, counterparty=ALICE, token=token))["decision"] == "allow"
+        polled = (await b.get(poll, headers=agent)).json()
+        assert polled["status"] == "APPROVED" and polled["override_token"] is None, polled
+        assert polled["override_status"] == "USED"
+
+
+async def test_poll_hides_an_expired_token(client: Any, org: Org) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from sqlalchemy import update
+
+    from store.models import Approval
+
+    await _manifest(client, org)
+    agent = await _agent(client, org)
+    body = await _execute(client, agent, counterparty=ALICE)
+    await _approve(client, org, body["approval_id"])
+    async with client.app.state.runtime.sessions() as s, s.begin():
+        await s.execute(update(Approval).where(Approval.id == body["approval_id"])
+                        .values(override_expires_at=datetime.now(timezone.utc) - timedelta(seconds=1)))
+    polled = (await client.get(f"/api/v1/approvals/{body['approval_id']}", headers=agent)).json()
+    assert polled["status"] == "APPROVED" and polled["override_token"] is None
+    assert polled["override_status"] == "EXPIRED"
