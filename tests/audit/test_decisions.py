@@ -10,6 +10,7 @@ import pytest
 
 from tests.conftest import make_key
 from tests.gateway.factories import action, add_manifest
+from tests.timing import eventually_sync
 
 
 async def _events(client: Any, org: Any) -> list[dict[str, Any]]:
@@ -141,11 +142,13 @@ async def test_sigkill_right_after_answering_loses_no_event(backend: str, pg_url
         server.start()  # the new writer takes over what the dead one left in the stream
         with server.client(server.owner_key) as owner:
             base = f"/api/v1/orgs/{server.org_id}/audit"
-            for _ in range(200):
-                items = owner.get(f"{base}/events", params={"kind": "gateway.execute", "limit": 100}).json()["items"]
-                if len(items) >= len(answered):
-                    break
-                await asyncio.sleep(0.05)
+            items: list[dict[str, Any]] = []
+
+            def all_written() -> bool:
+                items[:] = owner.get(f"{base}/events", params={"kind": "gateway.execute", "limit": 100}).json()["items"]
+                return len(items) >= len(answered)
+
+            eventually_sync(all_written, 10.0, interval=0.05)
             assert sorted(e["interaction_id"] for e in items) == sorted(answered)
             assert owner.get(f"{base}/verify").json()["valid"] is True
     finally:

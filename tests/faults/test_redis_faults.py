@@ -5,11 +5,13 @@ freezes (SIGSTOP) and kills (SIGKILL, after which its port is closed), and a rea
 Properties:
 * not one ``allow`` while Redis is frozen or unreachable: every decision request answers
   503 SERVICE_UNAVAILABLE with ``Retry-After``;
-* fail fast: each such 503 comes within the 300 ms budget of the fail-closed design (asserted
-  with a generous margin: < 1 s; the measured values are printed);
+* fail fast: each such 503 comes within the 300 ms budget of the fail-closed design, as
+  measured by the server itself in its access log (asserted with a generous margin: < 1 s; the
+  measured values are printed) — never by this test process's clock;
 * no retry storm: Redis receives at most one quota script call per HTTP request (a client
   that retried on timeout would queue several per request on a frozen server);
-* decisions resume within 5 s of Redis coming back, and the counters are exact.
+* decisions resume once Redis is back (within 5 s: asserted by make soak), and the counters
+  are exact.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import pytest
 from tests.faults.helpers import action_body, setup_agent
 from tests.faults.load import Recorder, Sample, closed_loop, pct
 from tests.faults.procs import RedisServer, json_lines, sized
+from tests.timing import SOAK, eventually, limit
 
 EXECUTE = "/api/v1/gateway/execute"
 GRACE = 0.05  # a signal is delivered at once; requests started this long after it see the fault
@@ -50,12 +53,12 @@ def script_calls(redis: RedisServer) -> int:
         c.close()
 
 
-def server_view(server: Any) -> dict[str, tuple[float, float, int]]:
+def server_view(server: Any, prefixes: tuple[str, ...] = ("fz-", "kl-")) -> dict[str, tuple[float, float, int]]:
     """request id -> (arrival as epoch seconds, server-side duration in s, status), from the
     server's own access log: what the gateway did, whatever the load generator's CPU share."""
     out = {}
     for rec in json_lines(server.log_text()):
-        if rec.get("logger") != "bastion.access" or not str(rec.get("request_id", "")).startswith(("fz-", "kl-")):
+        if rec.get("logger") != "bastion.access" or not str(rec.get("request_id", "")).startswith(prefixes):
             continue
         end = datetime.strptime(rec["ts"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()
         dur = float(rec["duration_ms"]) / 1000
@@ -83,15 +86,17 @@ def assert_fail_closed(window: list[Sample], what: str) -> None:
         assert int(s.retry_after or "0") >= 1
 
 
-async def first_allow_after(rec: Recorder, t0: float, limit: float) -> float:
-    """Seconds from ``t0`` to the start of the first request that was allowed."""
-    deadline = time.monotonic() + limit + 1
+async def first_allow_after(rec: Recorder, t0: float, figure: float) -> float:
+    """Seconds from ``t0`` to the start of the first request that was allowed; fails when none
+    was within ``limit(figure)`` (the figure itself under make soak)."""
+    bound = limit(figure)
+    deadline = time.monotonic() + bound + 1
     while time.monotonic() < deadline:
         ok = [s.started for s in rec.between(t0) if s.decision == "allow"]
-        if ok:
+        if ok and min(ok) - t0 < bound:
             return min(ok) - t0
         await asyncio.sleep(0.05)
-    raise AssertionError(f"no allow within {limit} s after Redis came back")
+    raise AssertionError(f"no allow within {bound} s after Redis came back")
 
 
 async def _load(server: Any, key: str, uapk_id: str, rec: Recorder, stop: asyncio.Event, concurrency: int,
@@ -138,7 +143,6 @@ async def test_frozen_then_killed_redis_never_allows_and_recovers_with_exact_cou
     report["freeze_503_server_p50_ms"] = round(pct(served, 50) * 1000, 1)
     report["freeze_503_client_p50_ms"] = round(pct(client, 50) * 1000, 1)
     assert max(served) < FAIL_FAST_BOUND, report
-    assert report["freeze_recovery_s"] < 5.0, report
     after = rec.between(t_thaw + 1.0)
     assert after and all(s.decision == "allow" for s in after), [s for s in after if s.decision != "allow"][:5]
     assert all(s.status in (200, 503) for s in rec.samples), {s.status for s in rec.samples}
@@ -179,7 +183,6 @@ async def test_frozen_then_killed_redis_never_allows_and_recovers_with_exact_cou
     report["kill_503_server_max_ms"] = round(max(served) * 1000, 1)
     report["kill_503_server_p50_ms"] = round(pct(served, 50) * 1000, 1)
     assert max(served) < FAIL_FAST_BOUND, report
-    assert report["kill_recovery_s"] < 5.0, report
     # The new Redis started empty (no persistence): its counter is exactly the allows it gave.
     fresh_allows = sum(1 for s in rec.samples if s.decision == "allow" and s.ended >= t_restart)
     hours, days = quota_used(redis_server, server.org_id, uapk)
@@ -197,7 +200,8 @@ async def test_rate_limiter_storage_fails_fast_when_redis_is_down(
     redis_server: RedisServer, bastion_factory: Any, fault: str
 ) -> None:
     """The management API's rate limiter (the ``limits`` library's Redis storage) must fail
-    fast too: a 503 with Retry-After, not a multi-second stall of retries."""
+    fast too: a 503 with Retry-After, not a multi-second stall of retries (as the server
+    measured it: its access log)."""
     server = bastion_factory(redis_server.url(), BASTION_RATE_LIMITS_ENABLED="true")
     import httpx
 
@@ -209,29 +213,29 @@ async def test_rate_limiter_storage_fails_fast_when_redis_is_down(
             redis_server.freeze()
         else:
             await asyncio.to_thread(redis_server.kill)
+        ids = [f"rl-{fault}-{i}" for i in range(5)]
         try:
-            latencies = []
-            for _ in range(5):
-                t0 = time.monotonic()
-                r = await c.get(f"/api/v1/orgs/{server.org_id}")
-                latencies.append(time.monotonic() - t0)
+            for rid in ids:
+                r = await c.get(f"/api/v1/orgs/{server.org_id}", headers={"X-Request-ID": rid})
                 assert r.status_code == 503, r.text
                 assert r.json()["code"] == "SERVICE_UNAVAILABLE"
                 assert r.headers.get("retry-after")
-            print(f"rate limiter, Redis {fault}: 503 in max {max(latencies) * 1000:.0f} ms")
-            assert max(latencies) < FAIL_FAST_BOUND, latencies
         finally:
             if fault == "freeze":
                 redis_server.thaw()
             else:
                 await asyncio.to_thread(redis_server.start)
-        t0 = time.monotonic()
-        while True:
+
+        async def recovered() -> bool:
             r = await c.get(f"/api/v1/orgs/{server.org_id}")
-            if r.status_code == 200:
-                break
-            assert time.monotonic() - t0 < 5.0, r.text
-            await asyncio.sleep(0.1)
+            assert r.status_code in (200, 503), r.text
+            return r.status_code == 200
+
+        await eventually(recovered, 5.0, interval=0.1)
+    view = server_view(server, ("rl-",))
+    served = [view[rid][1] for rid in ids]
+    print(f"rate limiter, Redis {fault}: 503 in max {max(served) * 1000:.0f} ms (server side)")
+    assert max(served) < FAIL_FAST_BOUND, served
 
 
 async def test_used_override_token_stays_used_after_redis_loses_its_data(
@@ -264,31 +268,48 @@ async def test_used_override_token_stays_used_after_redis_loses_its_data(
         assert r.json()["override_used_at"]
         await asyncio.to_thread(redis_server.kill)
         await asyncio.to_thread(redis_server.start)
-        deadline = time.monotonic() + 5
-        while True:
+
+        async def answered() -> bool:  # 503 until the server has reconnected
             r = await c.post(EXECUTE, json={**body, "override_token": token}, headers={"X-API-Key": agent["agent_key"]})
-            if r.status_code == 200 or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.1)
-        assert r.status_code == 200, r.text
-        assert r.json()["decision"] == "deny", r.text
+            assert r.status_code in (200, 503), r.text
+            if r.status_code == 503:
+                return False
+            assert r.json()["decision"] == "deny", r.text  # the first answer: never an allow
+            return True
+
+        await eventually(answered, 5.0, interval=0.1)
 
 
 async def test_quota_calls_fail_fast_under_concurrency_when_redis_freezes(redis_server: RedisServer) -> None:
     """Regression (found by this suite): the quota backend queues calls beyond 64 in flight;
     with Redis frozen each queued call waited for the ones ahead of it to time out in turn, so
     300 concurrent decisions took 5 socket timeouts (~1.5 s) to get their 503. Now a call that
-    finds Redis failing answers at once: every call fails closed within the budget."""
+    finds Redis failing answers at once, without touching Redis: only the first wave (the calls
+    in flight) reaches the frozen server. Counted, not timed (the time is printed; make soak
+    asserts the 1 s bound)."""
     from core.errors import ServiceUnavailable
     from store.quotas import RedisQuotas
     from store.runtime import make_redis
 
     redis = make_redis(redis_server.url())
     quotas = RedisQuotas(redis)
+    in_flight = 64
+    # The fail-fast window after a timeout (250 ms in production), long enough here that the
+    # queue drains inside it even on a loaded machine: the count below cannot depend on speed.
+    quotas.fail_fast_for = 3.0
+    sent = 0
+    evalsha = redis.evalsha
+
+    async def counted(*args: Any, **kw: Any) -> Any:
+        nonlocal sent
+        sent += 1
+        return await evalsha(*args, **kw)
+
     try:
         await quotas.prepare()
         results = await asyncio.gather(*(quotas.spend("o", "u", 10**6, 10**6) for _ in range(100)))
         assert all(r.ok for r in results)
+        redis.evalsha = counted  # type: ignore[method-assign]
         redis_server.freeze()
         try:
             async def timed() -> tuple[float, str]:
@@ -301,19 +322,22 @@ async def test_quota_calls_fail_fast_under_concurrency_when_redis_freezes(redis_
 
             out = await asyncio.gather(*(timed() for _ in range(300)))
             worst = max(t for t, _ in out)
-            print(f"300 concurrent quota calls, Redis frozen: all 503 within {worst * 1000:.0f} ms")
+            print(f"300 concurrent quota calls, Redis frozen: all 503 within {worst * 1000:.0f} ms, "
+                  f"{sent} reached Redis")
             assert {r for _, r in out} == {"503"}
-            assert worst < FAIL_FAST_BOUND, worst
+            assert 1 <= sent <= in_flight, sent  # the rest failed fast, never queued for a timeout
+            if SOAK:
+                assert worst < FAIL_FAST_BOUND, worst
         finally:
             redis_server.thaw()
-        deadline = time.monotonic() + 5
-        while True:  # and it comes back by itself
+
+        async def back() -> bool:  # and it comes back by itself
             try:
-                assert (await quotas.spend("o", "u", 10**6, 10**6)).ok
-                break
+                return (await quotas.spend("o", "u", 10**6, 10**6)).ok
             except ServiceUnavailable:
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.05)
+                return False
+
+        await eventually(back, 5.0, interval=0.05)
     finally:
         await redis.aclose()
 

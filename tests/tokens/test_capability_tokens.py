@@ -1,7 +1,6 @@
 """Capability tokens: issuance narrows, format, verification, revocation, rotation, JWKS."""
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import time
@@ -14,6 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from core.tokens import CAPABILITY_TYP, OVERRIDE_TYP, SESSION_TYP, sign
 from gateway.captokens import CAPABILITY_AUDIENCE, TokenProblem
 from tests.conftest import Org, assert_error, make_key, serve_app
+from tests.timing import eventually
 from tests.tokens.helpers import active_manifest, set_status
 
 
@@ -297,7 +297,7 @@ async def test_rotation_keeps_old_tokens_and_jwks_verifies_offline(client: Any, 
     assert (await _verify(client, key, new))["valid"] is True
 
 
-async def test_revocation_reaches_another_process_within_a_second(pg_url: str, redis_url: str, tmp_path: Any) -> None:
+async def test_revocation_reaches_another_process_by_pubsub(pg_url: str, redis_url: str, tmp_path: Any) -> None:
     """Two app instances, each with its own Runtime and Redis pub/sub connection, sharing
     PostgreSQL and Redis as two server processes do."""
     from bastion.app import create_app
@@ -314,13 +314,17 @@ async def test_revocation_reaches_another_process_within_a_second(pg_url: str, r
         jti = jwt.decode(token, options={"verify_signature": False})["jti"]
         verifier_b = second.app.state.tokens.verifier
         assert not isinstance(verifier_b.verify(token), TokenProblem)
+        # Only pub/sub can tell the second app: its 2 s catch-up from the database is stopped
+        # (tests/faults/test_replica_catch_up.py covers that path with a message really lost).
+        await second.app.state.tokens.stop()
         r = await client.post(f"/api/v1/orgs/{org.org_id}/capability-tokens/{jti}/revoke", headers=org.headers)
         assert r.status_code == 200
-        deadline = time.monotonic() + 1.0
-        result: Any = None
-        while time.monotonic() < deadline:
+
+        async def refused() -> bool:
             result = verifier_b.verify(token)
             if isinstance(result, TokenProblem):
-                break
-            await asyncio.sleep(0.02)
-        assert isinstance(result, TokenProblem) and result.code == "capability_token_revoked"
+                assert result.code == "capability_token_revoked", result
+                return True
+            return False
+
+        await eventually(refused, 1.0)  # the 1 s figure: make soak
