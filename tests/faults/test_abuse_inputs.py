@@ -87,9 +87,12 @@ async def test_api_deep_nesting_is_400(client: Any, org: Org) -> None:
 async def test_huge_array_and_strings_are_rejected(client: Any, org: Org, agent: dict[str, str]) -> None:
     doc = manifest_doc("huge-bot")
     doc["capabilities"]["requested"] = [f"svc{i}:read" for i in range(60_000)]
-    r = await client.post(_manifests(org), content=json.dumps(doc), headers={**org.headers, **JSON})
-    assert r.status_code in (400, 413), r.text
-    assert_error(r, r.status_code, "VALIDATION_ERROR" if r.status_code == 400 else "PAYLOAD_TOO_LARGE")
+    raw = json.dumps(doc)
+    r = await client.post(_manifests(org), content=raw, headers={**org.headers, **JSON})
+    if len(raw) > client.app.state.settings.api_max_body:  # decided by the configured cap, not by chance
+        assert_error(r, 413, "PAYLOAD_TOO_LARGE")
+    else:
+        assert_error(r, 400, "VALIDATION_ERROR")
 
     doc = manifest_doc("huge-bot")
     doc["agent"]["name"] = "n" * 500_000
@@ -239,46 +242,90 @@ async def test_trailing_newline_in_slugs_and_key_restrictions_is_400(client: Any
     assert_error(r, 400, "VALIDATION_ERROR")
 
 
-async def test_nul_characters_never_cause_a_500(client: Any, org: Org) -> None:
+def _outcome(r: Any) -> tuple[Any, ...]:
+    """(status, code, first detail's field) of an error, (status, decision, first reason) of a
+    decision, (status,) of anything else."""
+    body = r.json()
+    if r.status_code >= 400:
+        assert set(body) == {"code", "message", "details", "request_id"}, body  # the spec's error body
+        return r.status_code, body["code"], body["details"][0]["field"] if body["details"] else None
+    if "decision" in body:
+        return r.status_code, body["decision"], body["reasons"][0]["code"]
+    return (r.status_code,)
+
+
+async def test_nul_characters_have_exact_outcomes(client: Any, org: Org) -> None:
     """Regression (found by this suite): a NUL character reaching PostgreSQL (which cannot
-    store it in text) was a 500; any such input is now a 400 (or handled earlier)."""
+    store it in text) was a 500. Now each input has one answer: a 400 naming the field for a
+    name or an id, the database's own refusal as a 400 where a NUL reaches a query, and free-form
+    JSON (params, metadata) stored and given back intact."""
     await add_manifest(client.app.state.runtime, org.org_id, "nul-bot", approved=["email:send", "stripe:refund"],
                        require_human_approval=["stripe:refund"])
-    key = await make_key(client, org, "agent", ["nul-bot"])
-    r = await client.post("/api/v1/auth/login", json={"email": "x\u0000@acme.com", "password": "\u0000" * 8})
-    assert r.status_code in (400, 401), r.text
+    key = {"X-API-Key": await make_key(client, org, "agent", ["nul-bot"])}
+    nul_params = {"k\u0000": "v\u0000"}
     cases = [
-        ("POST", "/api/v1/auth/login", {"email": org.email, "password": "owner-pass\u0000"}, None),
-        ("POST", _manifests(org), {**manifest_doc("nul-meta-bot"), "metadata": {"k\u0000": "v\u0000"}}, org.headers),
-        ("POST", f"/api/v1/orgs/{org.org_id}/api-keys", {"name": "k\u0000", "role": "agent"}, org.headers),
-        ("GET", f"/api/v1/orgs/{org.org_id}/manifests/by-uapk/nul%00bot", None, org.headers),
-        ("GET", f"/api/v1/orgs/{org.org_id}/manifests?team=a%00b", None, org.headers),
-        ("GET", f"/api/v1/orgs/{org.org_id}/approvals?uapk_id=a%00b", None, org.headers),
-        ("POST", GATEWAY[1], action(uapk_id="nul-bot", tool="stripe", type="refund", params={"k\u0000": "v\u0000"},
-                                    counterparty={"name": "n\u0000"}), {"X-API-Key": key}),
+        ("POST", "/api/v1/auth/login", {"email": "x\u0000@acme.com", "password": "\u0000" * 8}, None,
+         (400, "VALIDATION_ERROR", "body")),  # refused by the database, as a 400
+        ("POST", "/api/v1/auth/login", {"email": org.email, "password": "owner-pass\u0000"}, None,
+         (401, "AUTHENTICATION_REQUIRED", None)),
+        ("POST", f"/api/v1/orgs/{org.org_id}/api-keys", {"name": "k\u0000", "role": "agent"}, org.headers,
+         (400, "VALIDATION_ERROR", "name")),
+        ("GET", f"/api/v1/orgs/{org.org_id}/manifests/by-uapk/nul%00bot", None, org.headers, (404, "NOT_FOUND", None)),
+        ("GET", f"/api/v1/orgs/{org.org_id}/manifests?team=a%00b", None, org.headers, (400, "VALIDATION_ERROR", "team")),
+        ("GET", f"/api/v1/orgs/{org.org_id}/approvals?uapk_id=a%00b", None, org.headers,
+         (400, "VALIDATION_ERROR", "body")),  # refused by the database, as a 400
+        ("POST", GATEWAY[1], action(uapk_id="nul-bot", tool="stripe", type="refund", params=nul_params,
+                                    counterparty={"name": "n\u0000"}), key, (400, "VALIDATION_ERROR", "counterparty.name")),
         ("POST", "/api/v1/gateway/tokens", {"uapk_id": "nul-bot", "agent_id": "a1", "capabilities": ["email:send"],
-                                            "constraints": {"k\u0000": 1}}, {"X-API-Key": key}),
+                                            "constraints": {"k\u0000": 1}}, key,
+         (400, "VALIDATION_ERROR", "constraints.k\u0000")),
+        ("POST", GATEWAY[1], action(uapk_id="nul-bot", params=nul_params), key, (200, "allow", "all_checks_passed")),
     ]
-    for method, url, body, headers in cases:
+    for method, url, body, headers, expected in cases:
         r = await client.request(method, url, json=body, headers=headers or {})
-        assert r.status_code < 500, (url, r.status_code, r.text)
+        assert _outcome(r) == expected, (method, url, r.text)
+    # Free-form JSON keeps its NULs: an escalated action's params, a manifest's metadata.
+    r = await client.post(GATEWAY[1], json=action(uapk_id="nul-bot", tool="stripe", type="refund", params=nul_params),
+                          headers=key)
+    assert _outcome(r) == (200, "escalate", "requires_human_approval"), r.text
+    approval = await client.get(f"/api/v1/orgs/{org.org_id}/approvals/{r.json()['approval_id']}", headers=org.headers)
+    assert approval.json()["action"]["params"] == nul_params
+    metadata = {"k\u0000": "v\u0000"}
+    r = await client.post(_manifests(org), json={**manifest_doc("nul-meta-bot"), "metadata": metadata}, headers=org.headers)
+    assert r.status_code == 201, r.text
+    stored = await client.get(f"{_manifests(org)}/{r.json()['manifest_id']}", headers=org.headers)
+    assert stored.json()["metadata"] == metadata
 
 
-async def test_extreme_numbers_never_cause_a_500(client: Any, org: Org) -> None:
+async def test_extreme_numbers_have_exact_outcomes(client: Any, org: Org) -> None:
     """Overflowing floats, huge integers and -0 in amounts and params, with and without an
-    override token (whose action hash canonicalises them): 400 or a decision, never a 500."""
+    override token (whose action hash canonicalises them): each has one exact answer, in
+    Bastion's wording (core/wire.py), never a 500."""
     await add_manifest(client.app.state.runtime, org.org_id, "num-bot", approved=["stripe:refund", "email:send"],
                        require_human_approval=["stripe:refund"])
     headers = {"X-API-Key": await make_key(client, org, "agent", ["num-bot"]), **JSON}
     base = '{"uapk_id":"num-bot","agent_id":"a1","action":{"type":"refund","tool":"stripe"'
-    raws = [
-        base + ',"amount":1e309}}', base + ',"amount":-1e309}}', base + ',"amount":-0.0}}',
-        base + ',"amount":1e-400}}', base + ',"amount":' + "9" * 5000 + "}}",
-        base + ',"params":{"n":' + "9" * 400 + "}}}", base + ',"params":{"n":1e400}}}',
-        base + ',"params":{"n":-0}},"override_token":"x.y.z"}',
-        base + ',"amount":NaN}}', base + ',"amount":Infinity}}',
+    out_of_range = (400, "VALIDATION_ERROR", "body", "Number is out of range.")
+    not_json = (400, "VALIDATION_ERROR", "body", "Body is not valid JSON.")
+    escalate = (200, "escalate", "requires_human_approval")
+    cases = [
+        (base + ',"amount":1e309}}', out_of_range),
+        (base + ',"amount":-1e309}}', out_of_range),
+        (base + ',"amount":' + "9" * 5000 + "}}", out_of_range),
+        (base + ',"params":{"n":1e400}}}', out_of_range),
+        (base + ',"amount":-0.0}}', escalate),  # -0 is not negative
+        (base + ',"amount":1e-400}}', escalate),  # underflows to 0
+        (base + ',"params":{"n":' + "9" * 400 + "}}}", escalate),  # params are free-form
+        (base + ',"params":{"n":-0}},"override_token":"x.y.z"}', (200, "deny", "override_token_invalid")),
+        (base + ',"amount":NaN}}', not_json),
+        (base + ',"amount":Infinity}}', not_json),
     ]
     for url in GATEWAY:
-        for raw in raws:
+        for raw, expected in cases:
             r = await client.post(url, content=raw, headers=headers)
-            assert r.status_code in (200, 400), (url, raw[-60:], r.status_code, r.text)
+            got = _outcome(r)
+            if r.status_code == 400:
+                got += (r.json()["details"][0]["issue"],)
+            assert got == expected, (url, raw[-60:], r.text)
+            if got == escalate:
+                assert (r.json()["approval_id"] is not None) == url.endswith("execute"), r.text
