@@ -34,7 +34,29 @@ def _reachable(host: str, port: int) -> bool:
         return False
 
 
+PACKAGES = ("core", "httpkit", "store", "policies", "gateway", "api", "bastion")
+
+
+def _imported_from_the_wheel() -> None:
+    """Under ``make test`` (BASTION_TEST_FROM_WHEEL=1) every Bastion package must come from the
+    installed wheel (site-packages), never from a source tree: otherwise the run would not
+    prove that the wheel ships every module and data file."""
+    import importlib
+    import sysconfig
+
+    site = Path(sysconfig.get_paths()["purelib"]).resolve()
+    elsewhere = {}
+    for name in PACKAGES:
+        path = Path(importlib.import_module(name).__file__ or "").resolve()
+        if site not in path.parents:
+            elsewhere[name] = str(path)
+    if elsewhere:
+        pytest.exit(f"BASTION_TEST_FROM_WHEEL=1, but not imported from {site}: {elsewhere}", returncode=3)
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
+    if os.environ.get("BASTION_TEST_FROM_WHEEL") == "1":
+        _imported_from_the_wheel()
     missing = [name for name, (h, p) in {"PostgreSQL": (PG_HOST, PG_PORT), "Redis": (REDIS_HOST, REDIS_PORT)}.items() if not _reachable(h, p)]
     if missing:
         msg = f"{' and '.join(missing)} unreachable on 127.0.0.1 (needed by the suite)"

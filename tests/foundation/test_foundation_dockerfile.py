@@ -56,3 +56,27 @@ def test_every_package_is_copied_into_the_image() -> None:
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert not packages & set(ignored)
     assert ".venv" in ignored and "data" in ignored and ".git" in ignored
+
+
+def test_dependencies_come_from_the_lock_with_hashes_and_the_project_without_them() -> None:
+    """Like `make test`: the locked runtime dependencies (hashes checked), the locked build
+    backend, then the project with --no-deps and no build isolation (nothing unpinned fetched)."""
+    ins = _instructions()
+    copies = [rest.split() for word, rest in ins if word == "COPY"]
+    runs = [rest for word, rest in ins if word == "RUN"]
+    assert ["requirements", "./requirements"] in copies
+    deps = next(i for i, r in enumerate(runs) if "requirements/run.txt" in r)
+    assert "--require-hashes" in runs[deps] and "-r requirements/build.txt" in runs[deps]
+    project = next(i for i, r in enumerate(runs) if re.search(r"pip install [^&]*\.(\s|$)", r))
+    assert project > deps
+    assert "--no-deps" in runs[project] and "--no-build-isolation" in runs[project]
+    assert "-e " not in runs[project] and "--editable" not in runs[project]
+    # Every pip install names a lock file or is the project's own --no-deps install.
+    for r in runs:
+        for cmd in re.findall(r"pip install[^&]*", r):
+            assert "--require-hashes" in cmd or "--no-deps ." in cmd or cmd.rstrip().endswith("."), cmd
+    # The lock files are in the build context.
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert "requirements" not in ignored
+    for lock in ("run.txt", "build.txt"):
+        assert "--hash=sha256:" in (ROOT / "requirements" / lock).read_text()

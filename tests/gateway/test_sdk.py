@@ -30,7 +30,7 @@ from uapk_gateway import ActionDeniedError, ActionEscalatedError, UAPKGatewayCli
 from uapk_gateway.models import ActionInfo, GatewayDecision  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-BASTION = ROOT / ".venv" / "bin" / "bastion"
+BASTION = Path(sys.executable).parent / "bastion"  # the running environment's (the wheel's under make test)
 UAPK_ID = "refund-bot"
 AGENT_ID = "agent-sdk-1"
 

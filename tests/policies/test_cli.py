@@ -3,6 +3,7 @@ files, and rule sets moved through files (both backends)."""
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import shutil
 from pathlib import Path
@@ -13,9 +14,11 @@ import yaml
 
 from bastion.cli import main
 
-ROOT = Path(__file__).resolve().parents[2]
-EXAMPLE_TESTS = ROOT / "policies" / "example_tests.yaml"
-DEFAULT_RULES = ROOT / "policies" / "default_rules.yaml"
+# The files shipped in the `policies` package (package data): the installed copy, so the suite
+# proves the wheel carries them.
+SHIPPED = Path(importlib.import_module("policies").__file__).parent  # type: ignore[arg-type]
+EXAMPLE_TESTS = SHIPPED / "example_tests.yaml"
+DEFAULT_RULES = SHIPPED / "default_rules.yaml"
 
 
 def test_the_shipped_example_passes(capsys: pytest.CaptureFixture[str]) -> None:
