@@ -13,7 +13,8 @@ from core.errors import AuthenticationRequired, Conflict, NotFound, PermissionDe
 from core.tokens import SESSION_TYP, sign
 from gateway.audit import record_change
 from httpkit.auth import SESSION_AUDIENCE, Caller, admit, current_principal, limit_credential, require_credentials
-from httpkit.pagination import page_params
+from httpkit.openapi import NO_BODY, declared_body
+from httpkit.pagination import Page, pagination
 from httpkit.ratelimit import LoginThrottle, client_address
 from store import accounts
 from store.api_keys import display_prefix, generate_key, hash_key
@@ -264,11 +265,10 @@ class OrgController(Controller):
             await record_change(request, principal, "org.created", org_id=org.id, details={"slug": org.slug, "name": org.name})
         return OrgOut(org_id=org.id, name=org.name, slug=org.slug, created_at=isoformat(org.created_at) or "", role="owner")
 
-    @get("/", summary="The caller's organizations", opt={"errors": [400, 401, 429, 503]})
-    async def list_orgs(self, request: Request[Any, Any, Any]) -> OrgList:
+    @get("/", summary="The caller's organizations", opt={"errors": [400, 401, 429, 503]}, dependencies=pagination())
+    async def list_orgs(self, request: Request[Any, Any, Any], page: Page) -> OrgList:
         principal = await current_principal(request)
         await limit_credential(request, principal)
-        page = page_params(request.query_params)
         runtime = _runtime(request)
         async with runtime.sessions() as session:
             if principal.kind == "api_key":
@@ -350,10 +350,9 @@ class MemberController(Controller):
             await record_change(request, caller, "member.invited", details={"invitation_id": inv.id, "email": email, "role": inv.role})
         return _invitation_out(inv)
 
-    @get("/", summary="List members")
-    async def list_members(self, request: Request[Any, Any, Any], org_id: str) -> MemberList:
+    @get("/", summary="List members", dependencies=pagination())
+    async def list_members(self, request: Request[Any, Any, Any], org_id: str, page: Page) -> MemberList:
         await admit(request, org_id, "users", "read")
-        page = page_params(request.query_params)
         async with _runtime(request).sessions() as session:
             rows, total = await accounts.list_members(session, org_id, page.limit, page.offset)
         return MemberList(
@@ -399,10 +398,9 @@ class OrgInvitationController(Controller):
     path = "/api/v1/orgs/{org_id:str}/invitations"
     tags = ["members"]
 
-    @get("/", summary="The organization's invitations (pending, accepted, declined, revoked, expired)")
-    async def list_invitations(self, request: Request[Any, Any, Any], org_id: str) -> InvitationList:
+    @get("/", summary="The organization's invitations (pending, accepted, declined, revoked, expired)", dependencies=pagination())
+    async def list_invitations(self, request: Request[Any, Any, Any], org_id: str, page: Page) -> InvitationList:
         await admit(request, org_id, "users", "read")
-        page = page_params(request.query_params)
         async with _runtime(request).sessions() as session:
             rows, total = await accounts.list_org_invitations(session, org_id, page.limit, page.offset)
         return InvitationList(items=[_invitation_out(i) for i in rows], total=total)
@@ -428,20 +426,20 @@ class MyInvitationController(Controller):
     path = "/api/v1/invitations"
     tags = ["members"]
 
-    @get("/", summary="My pending invitations", security=[{"Session": []}])
-    async def mine(self, request: Request[Any, Any, Any]) -> MyInvitationList:
+    @get("/", summary="My pending invitations", security=[{"Session": []}], dependencies=pagination())
+    async def mine(self, request: Request[Any, Any, Any], page: Page) -> MyInvitationList:
         user = await _invitee(request)
-        page = page_params(request.query_params)
         async with _runtime(request).sessions() as session:
             rows, total = await accounts.invitations_for(session, user.email, utcnow(), page.limit, page.offset)
         return MyInvitationList(items=[_my_invitation(i, o) for i, o in rows], total=total)
 
     @post(
         "/{invitation_id:str}/accept", status_code=HTTP_200_OK, security=[{"Session": []}],
-        summary="Accept an invitation: become a member with the invited role",
+        summary="Accept an invitation: become a member with the invited role", opt=NO_BODY,
     )
     async def accept(self, request: Request[Any, Any, Any], invitation_id: str) -> OrgOut:
         user = await _invitee(request)
+        await declared_body(request)
         principal = await current_principal(request)
         async with _runtime(request).sessions() as session, session.begin():
             inv = await _pending_for(session, invitation_id, user)
@@ -458,10 +456,11 @@ class MyInvitationController(Controller):
 
     @post(
         "/{invitation_id:str}/decline", status_code=HTTP_204_NO_CONTENT, security=[{"Session": []}],
-        summary="Decline an invitation",
+        summary="Decline an invitation", opt=NO_BODY,
     )
     async def decline(self, request: Request[Any, Any, Any], invitation_id: str) -> None:
         user = await _invitee(request)
+        await declared_body(request)
         principal = await current_principal(request)
         async with _runtime(request).sessions() as session, session.begin():
             inv = await _pending_for(session, invitation_id, user)
@@ -536,21 +535,21 @@ class ApiKeyController(Controller):
             created_at=isoformat(key.created_at) or "",
         )
 
-    @get("/", summary="List API keys (never the secrets)")
-    async def list_keys(self, request: Request[Any, Any, Any], org_id: str) -> ApiKeyList:
+    @get("/", summary="List API keys (never the secrets)", dependencies=pagination())
+    async def list_keys(self, request: Request[Any, Any, Any], org_id: str, page: Page) -> ApiKeyList:
         await admit(request, org_id, "api_keys", "read")
-        page = page_params(request.query_params)
         async with _runtime(request).sessions() as session:
             rows, total = await accounts.list_api_keys(session, org_id, page.limit, page.offset)
         return ApiKeyList(items=[_key_out(k) for k in rows], total=total)
 
     @post(
         "/{key_id:str}/revoke", status_code=HTTP_200_OK, summary="Revoke an API key: 401 at once, everywhere",
-        opt={"errors": [400, 401, 403, 404, 429, 503]},
+        opt={"errors": [400, 401, 403, 404, 429, 503], **NO_BODY},
     )
     async def revoke(self, request: Request[Any, Any, Any], org_id: str, key_id: str) -> ApiKeyOut:
         # Emergency tier: revoking a key works even when the caller's standard budget is spent.
         caller = await admit(request, org_id, "api_keys", "manage", tier="emergency")
+        await declared_body(request)
         runtime = _runtime(request)
         async with runtime.sessions() as session, session.begin():
             key = await accounts.revoke_api_key(session, org_id, key_id)

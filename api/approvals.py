@@ -7,10 +7,11 @@ and above). Statuses are uppercase on the wire (PENDING, APPROVED, DENIED, EXPIR
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, get, post
+from litestar.params import Parameter
 from litestar.status_codes import HTTP_200_OK
 
 from api.validation import Checker
@@ -20,7 +21,7 @@ from core.text import text_issue
 from gateway.approvals import ApprovalBase, wire
 from gateway.overrides import bound_action, issue_override
 from httpkit.auth import Caller, admit
-from httpkit.pagination import page_params
+from httpkit.pagination import Page, pagination
 from store import approvals as repo
 from store.models import Approval
 from store.runtime import Runtime
@@ -137,20 +138,18 @@ class ApprovalController(Controller):
     path = "/api/v1/orgs/{org_id:str}/approvals"
     tags = ["approvals"]
 
-    @get("/", summary="List approvals (filters: status, uapk_id)")
-    async def list_approvals(self, request: Request[Any, Any, Any], org_id: str) -> ApprovalList:
+    @get("/", summary="List approvals (filters: status, uapk_id)", dependencies=pagination())
+    async def list_approvals(
+        self, request: Request[Any, Any, Any], org_id: str, page: Page,
+        status: Annotated[str | None, Parameter(description="PENDING, APPROVED, DENIED or EXPIRED (either case).")] = None,
+        uapk_id: Annotated[str | None, Parameter(min_length=1, max_length=63, description="Only this agent's.")] = None,
+    ) -> ApprovalList:
         caller = await admit(request, org_id, "approvals", "read")
-        page = page_params(request.query_params)
-        q = request.query_params
         c = Checker()
-        status = q.get("status")
         if status is not None:
-            status = str(status).strip().upper()
+            status = status.strip().upper()
             if status not in repo.STATUSES:
                 c.add("status", f"Must be one of {', '.join(repo.STATUSES)} (either case).")
-        uapk_id = q.get("uapk_id")
-        if uapk_id is not None and (not uapk_id or len(uapk_id) > 63):
-            c.add("uapk_id", "Must be 1-63 characters.")
         c.check()
         now = utcnow()
         async with _runtime(request).sessions() as session:

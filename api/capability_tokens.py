@@ -12,7 +12,8 @@ from core.errors import NotFound
 from gateway.captokens import revoke
 from gateway.token_routes import TokenIssued, TokenRequest, issue_checked
 from httpkit.auth import admit
-from httpkit.pagination import page_params
+from httpkit.openapi import NO_BODY, declared_body
+from httpkit.pagination import Page, pagination
 from store import captokens as repo
 from store.models import CapabilityToken
 from gateway.audit import record_change
@@ -59,17 +60,18 @@ class CapabilityTokenController(Controller):
         await record_change(request, caller, "capability_token.issued", uapk_id=data.uapk_id, agent_id=data.agent_id, details={"token_id": issued.token_id, "capabilities": issued.capabilities, "expires_at": issued.expires_at, "via": "admin"})
         return issued
 
-    @get("/", summary="List issued tokens (metadata only, never the token)")
-    async def list_tokens(self, request: Request[Any, Any, Any], org_id: str) -> TokenList:
+    @get("/", summary="List issued tokens (metadata only, never the token)", dependencies=pagination())
+    async def list_tokens(self, request: Request[Any, Any, Any], org_id: str, page: Page) -> TokenList:
         await admit(request, org_id, "capability_tokens", "read")
-        page = page_params(request.query_params)
         async with request.app.state.runtime.sessions() as session:
             rows, total = await repo.list_tokens(session, org_id, page.limit, page.offset)
         return TokenList(items=[_meta(t) for t in rows], total=total)
 
-    @post("/{token_id:str}/revoke", status_code=HTTP_200_OK, summary="Revoke: refused everywhere within 1 s")
+    @post("/{token_id:str}/revoke", status_code=HTTP_200_OK, summary="Revoke: refused everywhere within 1 s",
+          opt=NO_BODY)
     async def revoke_token(self, request: Request[Any, Any, Any], org_id: str, token_id: str) -> TokenMeta:
         caller = await admit(request, org_id, "capability_tokens", "manage", tier="emergency")
+        await declared_body(request)
         row = await revoke(request.app.state.runtime, org_id, token_id, caller.actor)
         if row is None:
             raise NotFound()

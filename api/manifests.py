@@ -3,18 +3,19 @@ UAPK id, validate and history. Thin: validation is policies.manifest, SQL is sto
 from __future__ import annotations
 
 import re
-from typing import Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 from litestar import Controller, Request, get, post
+from litestar.params import Parameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from core.clock import isoformat, utcnow
 from core.errors import Conflict, FieldIssue, NotFound, Unprocessable, ValidationFailed
 from gateway.audit import record_change
 from httpkit.auth import Caller, admit
-from httpkit.pagination import page_params
-from httpkit.request import read_json
+from httpkit.openapi import declared_body, request_body
+from httpkit.pagination import Page, pagination
 from policies import manifest as doc_rules
 from policies.capabilities import is_valid_pattern, matches_any
 from store import changes
@@ -35,7 +36,7 @@ class Strict(msgspec.Struct, forbid_unknown_fields=True):
     pass
 
 
-class ApproveRequest(Strict):
+class ManifestApproveRequest(Strict):
     approved_capabilities: list[str] | None = None
     notes: str | None = None
 
@@ -47,6 +48,55 @@ class ReasonRequest(Strict):
 
 class NotesRequest(Strict):
     notes: str | None = None
+
+
+# The manifest document (register, validate), for the OpenAPI document only: the server
+# decodes any JSON value and policies.manifest.check_document checks every field and names
+# each problem (docs/manifests.md, "Validation rules"). The constraints below are the ones
+# check_document enforces (it checks more: blank names, control characters, metadata size).
+Capability = Annotated[str, msgspec.Meta(max_length=128, pattern=r"\A(?:[a-z0-9_-]+|\*):(?:[a-z0-9_-]+|\*)\Z")]
+ShortText = Annotated[str, msgspec.Meta(min_length=1, max_length=doc_rules.MAX_TEXT)]
+
+
+class ManifestAgent(Strict):
+    id: Annotated[str, msgspec.Meta(pattern=r"\A[a-z0-9][a-z0-9-]{1,62}\Z")]
+    name: ShortText
+    version: Annotated[str, msgspec.Meta(max_length=doc_rules.MAX_VERSION_LEN, pattern="\\A" + doc_rules.SEMVER.pattern + "\\Z")]
+    description: Annotated[str, msgspec.Meta(max_length=doc_rules.MAX_DESCRIPTION)] | None = None
+    organization: Annotated[str, msgspec.Meta(max_length=doc_rules.MAX_TEXT)] | None = None
+    team: Annotated[str, msgspec.Meta(max_length=doc_rules.MAX_TEXT)] | None = None
+
+
+class ManifestCapabilities(Strict):
+    requested: Annotated[list[Capability], msgspec.Meta(min_length=1, max_length=doc_rules.MAX_CAPABILITIES)]
+
+
+Rate = Annotated[int, msgspec.Meta(ge=1, le=doc_rules.MAX_RATE)]
+
+
+class ManifestConstraints(Strict):
+    max_actions_per_hour: Rate | msgspec.UnsetType = msgspec.UNSET
+    max_actions_per_day: Rate | msgspec.UnsetType = msgspec.UNSET
+    require_human_approval: Annotated[list[Capability], msgspec.Meta(max_length=doc_rules.MAX_HUMAN_APPROVAL)] | None = None
+    require_capability_token: bool | msgspec.UnsetType = msgspec.UNSET
+
+
+class ManifestDocument(Strict):
+    """A UAPK manifest (docs/manifests.md). Unknown fields at any level are refused;
+    ``metadata`` is free-form (at most 16 KiB as canonical JSON, 16 levels deep)."""
+
+    version: Literal["1.0"]
+    agent: ManifestAgent
+    capabilities: ManifestCapabilities
+    constraints: ManifestConstraints | None = None
+    metadata: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
+
+
+MANIFEST_BODY = request_body(ManifestDocument, decode=False, description=(
+    "The manifest document. Every problem is reported at once, each named by its dotted path."))
+
+
+ManifestStatus = Literal[repo.STATUSES]  # type: ignore[valid-type]
 
 
 # --- response types ----------------------------------------------------------------------
@@ -221,13 +271,11 @@ def _ts(value: Any) -> str:
     return isoformat(value) or ""
 
 
-async def _json_body(request: Request[Any, Any, Any], *, required: bool) -> Any:
-    return await read_json(request, required=required)
-
-
-async def _decode(request: Request[Any, Any, Any], kind: type[T]) -> T:
-    """An optional JSON object body into ``kind`` (unknown fields refused, each named)."""
-    return await read_json(request, kind, required=False)
+async def _body(request: Request[Any, Any, Any], kind: type[T]) -> T:
+    """The route's declared body (``request_body``), read after the role check."""
+    body = await declared_body(request)
+    assert isinstance(body, kind)
+    return body
 
 
 def _note_issues(issues: list[FieldIssue], field: str, value: str | None, max_len: int) -> None:
@@ -372,10 +420,11 @@ class ManifestController(Controller):
     path = "/api/v1/orgs/{org_id:str}/manifests"
     tags = ["manifests"]
 
-    @post("/", status_code=HTTP_201_CREATED, summary="Register a manifest (the body is the manifest document)")
+    @post("/", status_code=HTTP_201_CREATED, summary="Register a manifest (the body is the manifest document)",
+          opt=MANIFEST_BODY)
     async def register(self, request: Request[Any, Any, Any], org_id: str) -> Registered:
         caller = await admit(request, org_id, "manifests", "register", tier="heavy")
-        document = await _json_body(request, required=True)
+        document = await declared_body(request)
         report = doc_rules.check_document(document)
         if not report.valid:
             raise ValidationFailed(
@@ -403,10 +452,11 @@ class ManifestController(Controller):
             created_at=_ts(m.created_at),
         )
 
-    @post("/validate", status_code=HTTP_200_OK, summary="Validate a manifest without registering it")
+    @post("/validate", status_code=HTTP_200_OK, summary="Validate a manifest without registering it",
+          opt=MANIFEST_BODY)
     async def validate(self, request: Request[Any, Any, Any], org_id: str) -> ValidateResult:
         await admit(request, org_id, "manifests", "register", tier="heavy")
-        document = await _json_body(request, required=True)
+        document = await declared_body(request)
         if not isinstance(document, dict):
             raise ValidationFailed("Request body failed validation.", [FieldIssue("body", "The manifest must be a JSON object.")])
         report = doc_rules.check_document(document)
@@ -417,20 +467,18 @@ class ManifestController(Controller):
             manifest_hash=report.manifest_hash if report.valid else None,
         )
 
-    @get("/", summary="List manifests (filters: status, team; limit/offset)")
-    async def list_manifests(self, request: Request[Any, Any, Any], org_id: str) -> ManifestList:
+    @get("/", summary="List manifests (filters: status, team; limit/offset)",
+         dependencies=pagination(LIST_DEFAULT_LIMIT))
+    async def list_manifests(
+        self, request: Request[Any, Any, Any], org_id: str, page: Page,
+        status: Annotated[ManifestStatus | None, Parameter(description="Only manifests in this state.")] = None,
+        team: Annotated[str | None, Parameter(min_length=1, max_length=doc_rules.MAX_TEXT,
+                                              description="Exact match on agent.team.")] = None,
+    ) -> ManifestList:
         await admit(request, org_id, "manifests", "read")
-        query = request.query_params
-        page = page_params(query, LIST_DEFAULT_LIMIT)
-        status = query.get("status")
-        team = query.get("team")
-        issues: list[FieldIssue] = []
-        if status is not None and status not in repo.STATUSES:
-            issues.append(FieldIssue("status", f"Must be one of {', '.join(repo.STATUSES)}."))
-        if team is not None and (not team or len(team) > doc_rules.MAX_TEXT or "\x00" in team):
-            issues.append(FieldIssue("team", f"Must be 1 to {doc_rules.MAX_TEXT} characters."))
-        if issues:
-            raise ValidationFailed("Query parameters failed validation.", issues)
+        if team is not None and "\x00" in team:
+            raise ValidationFailed("Query parameters failed validation.",
+                                   [FieldIssue("team", f"Must be 1 to {doc_rules.MAX_TEXT} characters.")])
         async with _runtime(request).sessions() as session:
             rows, total = await repo.list_manifests(
                 session, org_id, status=status, team=team, limit=page.limit, offset=page.offset
@@ -491,11 +539,12 @@ class ManifestController(Controller):
             )
         return History(uapk_id=m.uapk_id, items=items)
 
-    @post("/{manifest_id:str}/approve", status_code=HTTP_200_OK, summary="Approve a pending manifest")
+    @post("/{manifest_id:str}/approve", status_code=HTTP_200_OK, summary="Approve a pending manifest",
+          opt=request_body(ManifestApproveRequest, required=False))
     async def approve(self, request: Request[Any, Any, Any], org_id: str, manifest_id: str) -> Approved:
         caller = await admit(request, org_id, "manifests", "approve")
         mid = _manifest_id(manifest_id)
-        data = await _decode(request, ApproveRequest)
+        data = await _body(request, ManifestApproveRequest)
         _check_texts(None, data.notes)
         result = await _transition(request, caller, mid, "approve", notes=data.notes, approved_capabilities=data.approved_capabilities)
         m = result.manifest
@@ -506,11 +555,12 @@ class ManifestController(Controller):
             superseded=[s.id for s in result.superseded],
         )
 
-    @post("/{manifest_id:str}/reject", status_code=HTTP_200_OK, summary="Reject a pending manifest")
+    @post("/{manifest_id:str}/reject", status_code=HTTP_200_OK, summary="Reject a pending manifest",
+          opt=request_body(ReasonRequest, required=False))
     async def reject(self, request: Request[Any, Any, Any], org_id: str, manifest_id: str) -> Rejected:
         caller = await admit(request, org_id, "manifests", "reject")
         mid = _manifest_id(manifest_id)
-        data = await _decode(request, ReasonRequest)
+        data = await _body(request, ReasonRequest)
         _check_texts(data.reason, data.notes)
         m = (await _transition(request, caller, mid, "reject", reason=data.reason, notes=data.notes)).manifest
         return Rejected(
@@ -518,11 +568,12 @@ class ManifestController(Controller):
             rejected_at=_ts(m.rejected_at), reason=m.reason, notes=m.notes,
         )
 
-    @post("/{manifest_id:str}/suspend", status_code=HTTP_200_OK, summary="Temporarily suspend an active manifest")
+    @post("/{manifest_id:str}/suspend", status_code=HTTP_200_OK, summary="Temporarily suspend an active manifest",
+          opt=request_body(ReasonRequest, required=False))
     async def suspend(self, request: Request[Any, Any, Any], org_id: str, manifest_id: str) -> Suspended:
         caller = await admit(request, org_id, "manifests", "suspend", tier="emergency")
         mid = _manifest_id(manifest_id)
-        data = await _decode(request, ReasonRequest)
+        data = await _body(request, ReasonRequest)
         _check_texts(data.reason, data.notes)
         m = (await _transition(request, caller, mid, "suspend", reason=data.reason, notes=data.notes)).manifest
         return Suspended(
@@ -530,11 +581,12 @@ class ManifestController(Controller):
             suspended_at=_ts(m.suspended_at), reason=m.reason, notes=m.notes,
         )
 
-    @post("/{manifest_id:str}/reactivate", status_code=HTTP_200_OK, summary="Reactivate a suspended manifest")
+    @post("/{manifest_id:str}/reactivate", status_code=HTTP_200_OK, summary="Reactivate a suspended manifest",
+          opt=request_body(NotesRequest, required=False))
     async def reactivate(self, request: Request[Any, Any, Any], org_id: str, manifest_id: str) -> Reactivated:
         caller = await admit(request, org_id, "manifests", "reactivate")
         mid = _manifest_id(manifest_id)
-        data = await _decode(request, NotesRequest)
+        data = await _body(request, NotesRequest)
         _check_texts(None, data.notes)
         m = (await _transition(request, caller, mid, "reactivate", notes=data.notes)).manifest
         return Reactivated(
@@ -542,11 +594,12 @@ class ManifestController(Controller):
             reactivated_at=_ts(m.reactivated_at), notes=m.notes,
         )
 
-    @post("/{manifest_id:str}/revoke", status_code=HTTP_200_OK, summary="Permanently revoke a manifest")
+    @post("/{manifest_id:str}/revoke", status_code=HTTP_200_OK, summary="Permanently revoke a manifest",
+          opt=request_body(ReasonRequest, required=False))
     async def revoke(self, request: Request[Any, Any, Any], org_id: str, manifest_id: str) -> Revoked:
         caller = await admit(request, org_id, "manifests", "revoke", tier="emergency")
         mid = _manifest_id(manifest_id)
-        data = await _decode(request, ReasonRequest)
+        data = await _body(request, ReasonRequest)
         _check_texts(data.reason, data.notes)
         m = (await _transition(request, caller, mid, "revoke", reason=data.reason, notes=data.notes)).manifest
         return Revoked(

@@ -7,23 +7,90 @@ Roles: ``policies:read`` (viewer and up) lists, explains and tests; ``policies:w
 from __future__ import annotations
 
 import secrets
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Controller, Request, delete, get, post
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
-from core import wire
 from core.clock import isoformat
 from core.errors import FieldIssue, NotFound, ValidationFailed
 from gateway import policy_eval
 from gateway.schemas import GatewayActionRequest
 from httpkit.auth import admit
-from httpkit.request import read_json
-from httpkit.pagination import page_params
+from httpkit.openapi import NO_BODY, declared_body, request_body
+from httpkit.pagination import Page, pagination
 from policies.rules import parse_rule, parse_rules
 from store import policy_rules as repo
 from store.runtime import Runtime
+
+
+# --- request bodies, for the OpenAPI document ----------------------------------------------
+# Rules are read as plain JSON and validated by policies.rules.parse_rule (every problem named
+# by its dotted path, conditions also in their CSV string form); these types describe that
+# grammar for the document. Constraints here are ones parse_rule enforces (it checks more:
+# the subject grammar, condition codes and time windows; docs/policies.md).
+class _Strict(msgspec.Struct, forbid_unknown_fields=True):
+    pass
+
+
+Amount = Annotated[float, msgspec.Meta(ge=0, le=1e15)]
+Codes = Annotated[list[str], msgspec.Meta(min_length=1, max_length=300)] | str
+
+
+class RuleConditions(_Strict):
+    """All optional; all must hold. Lists may also be given as one string."""
+
+    amount_above: Amount | None = None
+    amount_below: Amount | None = None
+    currency: Codes | None = None
+    jurisdiction_in: Codes | None = None
+    hours_utc: str | None = None  # "HH:MM-HH:MM", UTC, start inclusive, end exclusive
+    outside_hours_utc: str | None = None
+    weekdays: Annotated[list[str], msgspec.Meta(min_length=1)] | str | None = None
+
+
+class RuleIn(_Strict):
+    """A policy rule. ``id`` is generated when absent; ``subject`` is ``agent:<uapk_id>``,
+    ``team:<team>`` or ``*``; ``conditions`` may also be the CSV form
+    (``amount_above=1000;currency=EUR|USD``)."""
+
+    subject: str
+    capability: Annotated[str, msgspec.Meta(max_length=128, pattern=r"\A(?:[a-z0-9_-]+|\*):(?:[a-z0-9_-]+|\*)\Z")]
+    effect: Literal["deny", "escalate", "allow"]
+    id: Annotated[str, msgspec.Meta(pattern=r"\A[a-z0-9][a-z0-9_.-]{0,62}\Z")] | msgspec.UnsetType = msgspec.UNSET
+    conditions: RuleConditions | str | None = None
+    description: Annotated[str, msgspec.Meta(max_length=500)] | None = None
+
+
+Rules = Annotated[list[RuleIn], msgspec.Meta(max_length=1000)]
+
+
+class ShadowRequest(_Strict):
+    rules: Rules
+
+
+class CaseExpect(_Strict):
+    decision: Literal["allow", "deny", "escalate"]
+    reason: Any = None  # a reason code, e.g. policy_denied
+    rule: Any = None  # a rule id
+
+
+class PolicyTestCase(_Strict):
+    """``request`` is a gateway request (``agent_id`` may be omitted); ``at`` an RFC 3339 time
+    to decide at (default: now)."""
+
+    request: dict[str, Any]
+    expect: CaseExpect
+    name: Any = None
+    at: Any = None
+
+
+class PolicyTestRequest(_Strict):
+    """``rules``: the candidate rule set (omitted or null: the live rules)."""
+
+    cases: Annotated[list[PolicyTestCase], msgspec.Meta(min_length=1, max_length=1000)]
+    rules: Rules | None = None
 
 
 # --- wire types ----------------------------------------------------------------------------
@@ -135,7 +202,8 @@ def _runtime(request: Request[Any, Any, Any]) -> Runtime:
 
 
 async def _json(request: Request[Any, Any, Any]) -> Any:
-    return await read_json(request)
+    """The route's declared body (``request_body``), read after the role check."""
+    return await declared_body(request)
 
 
 def _object(body: Any, allowed: tuple[str, ...]) -> dict[str, Any]:
@@ -145,10 +213,6 @@ def _object(body: Any, allowed: tuple[str, ...]) -> dict[str, Any]:
     if unknown:
         raise ValidationFailed(details=[FieldIssue(str(k)[:64], "Unknown field.") for k in unknown])
     return body
-
-
-def _gateway_request(raw: Any) -> GatewayActionRequest:
-    return wire.convert(raw, GatewayActionRequest)
 
 
 async def _compiled(request: Request[Any, Any, Any], org_id: str) -> Any:
@@ -185,7 +249,8 @@ class PoliciesController(Controller):
             rules = await repo.load_rules(session, org_id)
         return RuleSet(version, [r.to_dict() for r in rules])
 
-    @post("/rules", status_code=HTTP_201_CREATED, summary="Add a rule (a new policy version)")
+    @post("/rules", status_code=HTTP_201_CREATED, summary="Add a rule (a new policy version)",
+          opt=request_body(RuleIn, decode=False))
     async def add_rule(self, request: Request[Any, Any, Any], org_id: str) -> RuleWritten:
         caller = await admit(request, org_id, "policies", "write")
         body = await _json(request)
@@ -203,10 +268,9 @@ class PoliciesController(Controller):
                                                      _audit(request, caller, org_id)))
 
     # --- versions ------------------------------------------------------------------------
-    @get("/versions", summary="Policy versions, newest first")
-    async def list_versions(self, request: Request[Any, Any, Any], org_id: str) -> VersionList:
+    @get("/versions", summary="Policy versions, newest first", dependencies=pagination())
+    async def list_versions(self, request: Request[Any, Any, Any], org_id: str, page: Page) -> VersionList:
         await admit(request, org_id, "policies", "read")
-        page = page_params(request.query_params)
         async with _runtime(request).sessions() as session:
             items, total = await repo.list_versions(session, org_id, page.limit, page.offset)
         return VersionList([_version_summary(v) for v in items], total)
@@ -221,9 +285,10 @@ class PoliciesController(Controller):
         return VersionDetail(v.version, v.change, v.author, isoformat(v.created_at) or "", v.rules)
 
     @post("/versions/{version:int}/rollback", status_code=HTTP_201_CREATED,
-          summary="Publish a new version equal to an older one")
+          summary="Publish a new version equal to an older one", opt=NO_BODY)
     async def rollback(self, request: Request[Any, Any, Any], org_id: str, version: int) -> VersionDetail:
         caller = await admit(request, org_id, "policies", "write")
+        await declared_body(request)
         runtime = _runtime(request)
         new = await repo.rollback(runtime, org_id, version, caller.actor, _audit(request, caller, org_id))
         async with runtime.sessions() as session:
@@ -232,10 +297,11 @@ class PoliciesController(Controller):
         return VersionDetail(v.version, v.change, v.author, isoformat(v.created_at) or "", v.rules)
 
     # --- explain and test ----------------------------------------------------------------
-    @post("/explain", status_code=HTTP_200_OK, summary="Decision, trace and matching rules (nothing spent)")
+    @post("/explain", status_code=HTTP_200_OK, summary="Decision, trace and matching rules (nothing spent)",
+          opt=request_body(GatewayActionRequest))
     async def explain(self, request: Request[Any, Any, Any], org_id: str) -> Explained:
         await admit(request, org_id, "policies", "read")
-        req = _gateway_request(await _json(request))
+        req: GatewayActionRequest = await _json(request)
         compiled = await _compiled(request, org_id)
         d = await request.app.state.gateway.pipeline.decide(req, compiled, spend=False)
         extra = policy_eval.explain_rules(compiled, d, req)
@@ -245,7 +311,8 @@ class PoliciesController(Controller):
             policy_version=d.policy_version, capability=d.capability, **extra,
         )
 
-    @post("/test", status_code=HTTP_200_OK, summary="Run cases against a candidate rule set (live untouched)")
+    @post("/test", status_code=HTTP_200_OK, summary="Run cases against a candidate rule set (live untouched)",
+          opt=request_body(PolicyTestRequest, decode=False))
     async def test_rules(self, request: Request[Any, Any, Any], org_id: str) -> TestRun:
         await admit(request, org_id, "policies", "read")
         body = _object(await _json(request), ("rules", "cases"))
@@ -259,7 +326,8 @@ class PoliciesController(Controller):
                        [CaseOut(r.name, r.passed, r.expected, r.actual, r.trace) for r in results])
 
     # --- shadow --------------------------------------------------------------------------
-    @post("/shadow", status_code=HTTP_201_CREATED, summary="Deploy a candidate rule set as shadow")
+    @post("/shadow", status_code=HTTP_201_CREATED, summary="Deploy a candidate rule set as shadow",
+          opt=request_body(ShadowRequest, decode=False))
     async def deploy_shadow(self, request: Request[Any, Any, Any], org_id: str) -> ShadowDetail:
         caller = await admit(request, org_id, "policies", "write")
         body = _object(await _json(request), ("rules",))
@@ -280,10 +348,10 @@ class PoliciesController(Controller):
         await admit(request, org_id, "policies", "read")
         return await self._shadow(_runtime(request), org_id)
 
-    @get("/shadow/diffs", summary="Requests the shadow set decided differently, newest first")
-    async def diffs(self, request: Request[Any, Any, Any], org_id: str) -> DiffList:
+    @get("/shadow/diffs", summary="Requests the shadow set decided differently, newest first",
+         dependencies=pagination())
+    async def diffs(self, request: Request[Any, Any, Any], org_id: str, page: Page) -> DiffList:
         await admit(request, org_id, "policies", "read")
-        page = page_params(request.query_params)
         gateway = getattr(request.app.state, "gateway", None)
         if gateway is not None:
             await gateway.shadow.flush()  # this process's buffer; others flush on their own
@@ -296,9 +364,11 @@ class PoliciesController(Controller):
             live_policy_version=r.live_policy_version, action=dict(r.action or {}),
             created_at=isoformat(r.created_at) or "") for r in rows], total)
 
-    @post("/shadow/promote", status_code=HTTP_200_OK, summary="Make the shadow set the live one (a new version)")
+    @post("/shadow/promote", status_code=HTTP_200_OK, summary="Make the shadow set the live one (a new version)",
+          opt=NO_BODY)
     async def promote(self, request: Request[Any, Any, Any], org_id: str) -> ShadowPromoted:
         caller = await admit(request, org_id, "policies", "write")
+        await declared_body(request)
         return ShadowPromoted(await repo.drop_shadow(_runtime(request), org_id, caller.actor, promote=True,
                                                     audit=_audit(request, caller, org_id)))
 

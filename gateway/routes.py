@@ -19,7 +19,7 @@ from gateway.audit import actor_of, request_id_of
 from gateway.schemas import EvaluateResponse, ExecuteResponse, GatewayActionRequest
 from gateway.service import Gateway, ratelimit_headers
 from httpkit.auth import Principal, authenticator
-from httpkit.request import read_json
+from httpkit.openapi import declared_body, request_body
 
 GATEWAY_ROLES = frozenset({"agent", "admin", "owner"})
 
@@ -60,7 +60,7 @@ async def _body(request: Request[Any, Any, Any]) -> GatewayActionRequest:
     raw = await request.body()  # the route's cap applies while streaming
     if len(raw) > settings.gateway_max_body:
         raise HTTPException(status_code=413)
-    return await read_json(request, GatewayActionRequest)
+    return await declared_body(request)  # type: ignore[no-any-return]
 
 
 def _gateway(request: Request[Any, Any, Any]) -> Gateway:
@@ -90,11 +90,13 @@ def router(max_body: int | None = Settings.gateway_max_body) -> Router:
     """Fresh handler objects per app (Litestar resolves the body cap per handler). ``None``
     leaves the cap to the enclosing layer."""
     extra: dict[str, Any] = {} if max_body is None else {"request_max_body_size": max_body}
+    # The body is read by the handler, after authentication: declared for the document here.
+    body = request_body(GatewayActionRequest, description="The action to decide (the UAPK SDK's GatewayActionRequest).")
     return Router(
         "/api/v1/gateway",
         route_handlers=[
-            post("/evaluate", status_code=200, tags=["gateway"], summary="Dry-run decision with trace")(evaluate),
-            post("/execute", status_code=200, tags=["gateway"], summary="Decide, spend quota, escalate")(execute),
+            post("/evaluate", status_code=200, tags=["gateway"], summary="Dry-run decision with trace", opt=body)(evaluate),
+            post("/execute", status_code=200, tags=["gateway"], summary="Decide, spend quota, escalate", opt=body)(execute),
         ],
         **extra,
     )

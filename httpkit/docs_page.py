@@ -131,5 +131,9 @@ class DocsPage(OpenAPIRenderPlugin):
 
 def docs_router(path: str) -> Router:
     """The router Litestar adds the OpenAPI pages to (one per app): every response under it,
-    the document and the assets included, carries the security headers."""
-    return Router(path, route_handlers=[], include_in_schema=False, response_headers=SECURITY_HEADERS)
+    the document and the assets included, carries the security headers; the document is
+    completed (request bodies, ``httpkit.openapi``) before it is first served."""
+    from httpkit.openapi import complete_before_serving
+
+    return Router(path, route_handlers=[], include_in_schema=False, response_headers=SECURITY_HEADERS,
+                  before_request=complete_before_serving)

@@ -1,6 +1,9 @@
 """Schemathesis against our own OpenAPI document (/schema/openapi.json), every operation,
-over real HTTP to a real server: zero 5xx, and every response conforms to the document
-(status code, content type, headers, body schema).
+over real HTTP to a real server: zero 5xx, every response conforms to the document (status
+code, content type, headers, body schema), and the server refuses what the document rules
+out (``negative_data_rejection``: a negative example, such as a body with an unknown field,
+a wrong type or a missing required field, must get a 4xx). Every write operation documents
+a request body, and the run sends bodies to each of them.
 
 Positive and negative examples; the org id path parameter is pinned to the caller's org half
 of the time (so requests get past the org guard into validation and storage) and left to
@@ -20,6 +23,7 @@ from tests.faults.procs import BastionServer, sized
 
 import schemathesis  # noqa: E402
 from schemathesis import checks as st_checks  # noqa: E402
+from schemathesis.core import NotSet  # noqa: E402
 from schemathesis.generation import GenerationMode  # noqa: E402
 
 CHECKS = [
@@ -28,7 +32,9 @@ CHECKS = [
     st_checks.content_type_conformance,
     st_checks.response_schema_conformance,
     st_checks.response_headers_conformance,
+    st_checks.negative_data_rejection,
 ]
+WRITE_METHODS = {"POST", "PUT", "PATCH"}
 
 
 def _operations(server: BastionServer) -> list[Any]:
@@ -50,7 +56,12 @@ def test_every_operation_against_its_schema(module_server: BastionServer) -> Non
     session = {"Authorization": f"Bearer {r.json()['access_token']}"}
     ops = _operations(server)
     assert len(ops) >= 25, [op.label for op in ops]
+    writes = [op for op in ops if op.method.upper() in WRITE_METHODS]
+    assert len(writes) >= 27, [op.label for op in writes]
+    without_body = [op.label for op in writes if not list(op.body)]
+    assert without_body == [], without_body
     failures: list[str] = []
+    bodies_sent: dict[str, int] = {op.label: 0 for op in writes}
     examples = sized(12, 150)
 
     for op in ops:
@@ -71,6 +82,8 @@ def test_every_operation_against_its_schema(module_server: BastionServer) -> Non
                     case.path_parameters["org_id"] = server.org_id
                 # The management API also takes the owner's session (some operations only it).
                 creds = session if as_user and key == server.owner_key else {"X-API-Key": key}
+                if op.label in bodies_sent and not isinstance(case.body, NotSet):
+                    bodies_sent[op.label] += 1
                 response = case.call(base_url=server.base_url, headers=creds, timeout=30)
                 try:
                     case.validate_response(response, checks=CHECKS)
@@ -83,3 +96,5 @@ def test_every_operation_against_its_schema(module_server: BastionServer) -> Non
             except (Exception, BaseExceptionGroup):
                 pass  # recorded above (one minimal example per operation and mode)
     assert not failures, "\n\n".join(failures[:20])
+    # Request bodies were really exercised: every write operation got generated bodies.
+    assert [label for label, n in bodies_sent.items() if n == 0] == [], bodies_sent
