@@ -5,20 +5,19 @@ All endpoints need ``audit:read`` (viewer and above); the export is in the heavy
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, AsyncIterator
+from typing import Annotated, Any, AsyncIterator, Literal
 
 import msgspec
 from litestar import Controller, Request, get
+from litestar.params import Parameter
 from litestar.response import Stream
 
 from core.clock import isoformat, utcnow
 from core.errors import FieldIssue, NotFound, ValidationFailed
 from httpkit.auth import admit, require_credentials
-from httpkit.pagination import page_params
+from httpkit.pagination import Page, pagination
 from store import audit as repo
 from store.runtime import Runtime
-
-DECISIONS = {"allow", "deny", "escalate"}
 
 
 class AuditEventOut(msgspec.Struct):
@@ -88,15 +87,7 @@ def _time_param(query: Any, name: str, issues: list[FieldIssue]) -> datetime | N
         return None
 
 
-def _text_param(query: Any, name: str, issues: list[FieldIssue], max_len: int = 200) -> str | None:
-    raw = query.get(name)
-    if raw is None:
-        return None
-    text = str(raw)
-    if not text or len(text) > max_len:
-        issues.append(FieldIssue(name, f"Must be 1-{max_len} characters."))
-        return None
-    return text
+TIME_PARAM = "An RFC 3339 date-time with an offset, e.g. 2026-01-31T12:00:00Z."
 
 
 def _window(query: Any, issues: list[FieldIssue]) -> tuple[datetime | None, datetime | None]:
@@ -111,29 +102,23 @@ class AuditController(Controller):
     path = "/api/v1/orgs/{org_id:str}/audit"
     tags = ["audit"]
 
-    @get("/events", summary="Audit events, newest first (filters: uapk_id, agent_id, decision, kind, from, to)")
-    async def list_events(self, request: Request[Any, Any, Any], org_id: str) -> AuditEventList:
+    @get("/events", summary="Audit events, newest first (filters: uapk_id, agent_id, decision, kind, from, to)",
+         dependencies=pagination())
+    async def list_events(
+        self, request: Request[Any, Any, Any], org_id: str, page: Page,
+        uapk_id: Annotated[str | None, Parameter(min_length=1, max_length=63)] = None,
+        agent_id: Annotated[str | None, Parameter(min_length=1, max_length=200)] = None,
+        decision: Annotated[Literal["allow", "deny", "escalate"] | None, Parameter()] = None,
+        kind: Annotated[str | None, Parameter(min_length=1, max_length=64, description="e.g. gateway.execute")] = None,
+        since: Annotated[str | None, Parameter(query="from", description=TIME_PARAM)] = None,
+        until: Annotated[str | None, Parameter(query="to", description=TIME_PARAM)] = None,
+    ) -> AuditEventList:
         await admit(request, org_id, "audit", "read")
-        q = request.query_params
         issues: list[FieldIssue] = []
-        try:
-            page = page_params(q)
-        except ValidationFailed as exc:
-            issues.extend(exc.details)
-            page = None
-        decision = _text_param(q, "decision", issues, 16)
-        if decision is not None and decision not in DECISIONS:
-            issues.append(FieldIssue("decision", "Must be one of allow, deny, escalate."))
-        f = repo.EventFilter(
-            uapk_id=_text_param(q, "uapk_id", issues, 63),
-            agent_id=_text_param(q, "agent_id", issues),
-            decision=decision,
-            kind=_text_param(q, "kind", issues, 64),
-        )
-        since, until = _window(q, issues)
-        if issues or page is None:
+        start, end = _window({"from": since, "to": until}, issues)
+        if issues:
             raise ValidationFailed("Query parameters failed validation.", issues)
-        f = repo.EventFilter(f.uapk_id, f.agent_id, f.decision, f.kind, since, until)
+        f = repo.EventFilter(uapk_id, agent_id, decision, kind, start, end)
         async with _runtime(request).sessions() as session:
             rows, total = await repo.list_events(session, org_id, f, page.limit, page.offset)
         return AuditEventList(items=[_event_out(r) for r in rows], total=total)
@@ -160,10 +145,14 @@ class AuditController(Controller):
         media_type="application/x-ndjson",
         description="Verify offline with `bastion audit verify FILE --jwks URL_OR_FILE` (docs/audit.md).",
     )
-    async def export(self, request: Request[Any, Any, Any], org_id: str) -> Stream:
+    async def export(
+        self, request: Request[Any, Any, Any], org_id: str,
+        since_param: Annotated[str | None, Parameter(query="from", description=TIME_PARAM)] = None,
+        until_param: Annotated[str | None, Parameter(query="to", description=TIME_PARAM)] = None,
+    ) -> Stream:
         await admit(request, org_id, "audit", "read", tier="heavy")
         issues: list[FieldIssue] = []
-        since, until = _window(request.query_params, issues)
+        since, until = _window({"from": since_param, "to": until_param}, issues)
         if issues:
             raise ValidationFailed("Query parameters failed validation.", issues)
         runtime = _runtime(request)

@@ -156,7 +156,12 @@ async def test_query_parameters_are_documented(document: dict[str, Any]) -> None
     assert set(manifests) >= {"limit", "offset", "status", "team"}
     assert manifests["limit"]["schema"]["default"] == 50 and manifests["limit"]["schema"]["maximum"] == 100
     assert "active" in manifests["status"]["schema"]["enum"]
-    for path in (f"{org}/policies/versions", f"{org}/policies/shadow/diffs", f"{org}/capability-tokens"):
+    assert set(params(f"{org}/audit/events")) >= {"limit", "offset", "uapk_id", "agent_id", "decision", "kind", "from", "to"}
+    assert set(params(f"{org}/audit/export")) >= {"from", "to"}
+    assert set(params(f"{org}/approvals")) >= {"limit", "offset", "status", "uapk_id"}
+    for path in (f"{org}/policies/versions", f"{org}/policies/shadow/diffs", f"{org}/capability-tokens",
+                 f"{org}/approvals", f"{org}/audit/events", f"{org}/users", f"{org}/api-keys", f"{org}/invitations",
+                 "/api/v1/orgs", "/api/v1/invitations"):
         p = params(path)
         assert set(p) >= {"limit", "offset"}, path
         assert (p["limit"]["schema"]["minimum"], p["limit"]["schema"]["maximum"], p["limit"]["schema"]["default"]) == (1, 100, 25)
