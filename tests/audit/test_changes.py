@@ -105,8 +105,8 @@ async def test_approval_decisions(client: Any, org: Any) -> None:
                        require_human_approval=["stripe:refund"], max_per_hour=100, max_per_day=100)
     agent = {"X-API-Key": await make_key(client, org, "agent", ["support-bot"])}
     ids = []
-    for _ in range(2):
-        r = await client.post("/api/v1/gateway/execute", json=action(tool="stripe", type="refund", amount=5, currency="EUR"),
+    for amount in (5, 6):  # two different actions (a repeated one reuses its pending approval)
+        r = await client.post("/api/v1/gateway/execute", json=action(tool="stripe", type="refund", amount=amount, currency="EUR"),
                               headers=agent)
         assert r.json()["decision"] == "escalate", r.text
         ids.append(r.json()["approval_id"])
@@ -116,7 +116,7 @@ async def test_approval_decisions(client: Any, org: Any) -> None:
     seen, e = await _step(client, org, seen, "approval.approved", uapk_id="support-bot", capability="stripe:refund")
     assert e["details"]["approval_id"] == ids[0]
     r = await client.post(f"/api/v1/orgs/{org.org_id}/approvals/{ids[1]}/deny", json={"reason": "no"}, headers=org.headers)
-    assert r.status_code == 200
+    assert r.status_code == 200, r.text
     seen, e = await _step(client, org, seen, "approval.denied")
     # Deciding again is refused and records nothing.
     r = await client.post(f"/api/v1/orgs/{org.org_id}/approvals/{ids[1]}/approve", json={}, headers=org.headers)
