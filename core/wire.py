@@ -77,7 +77,9 @@ _MSGSPEC_VOICE = re.compile(r"`|^Expected |^Invalid |^Object |^Number |^Integer 
 
 
 def _kind(name: str) -> str:
-    return _TYPE_NAMES.get(name, "a value of another type")
+    """msgspec's type names, a union (``str | null``) included, in words."""
+    kinds = [_TYPE_NAMES.get(part.strip(), "a value of another type") for part in name.split("|")]
+    return " or ".join(dict.fromkeys(kinds))
 
 
 def _length(kind: str, op: str, n: int) -> str:

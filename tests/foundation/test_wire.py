@@ -57,6 +57,8 @@ class Shape(msgspec.Struct, forbid_unknown_fields=True):
         (b'{"a": 1, "f": 1e400}', "f", "Number is out of range."),
         (b'{"a": 1, "d": {"k": "v"}}', "d.*", "Must be an integer, not a string."),
         (b'{"a": 1, "inner": {}}', "inner.name", "This field is required."),
+        (b'{"a": 1, "inner": 3}', "inner", "Must be an object or null, not an integer."),
+        (b'{"a": 1, "u": 3}', "u", "Must be a UUID or null, not an integer."),
         (b'{"a": 1, "inner": {"name": "n", "x": 1}}', "inner.x", "Unknown field."),
         (b"[1]", "body", "Must be an object, not an array."),
         (b'{"a": 1', "body", "Body is not valid JSON."),
