@@ -72,6 +72,14 @@ def _runtime(request: Request[Any, Any, Any]) -> Runtime:
     return request.app.state.runtime  # type: ignore[no-any-return]
 
 
+def _coverage(request: Request[Any, Any, Any]) -> repo.Coverage:
+    """The checkpoint rule the audit writer keeps (store/audit.py)."""
+    sink = getattr(request.app.state, "audit", None)
+    if sink is not None:
+        return sink.coverage  # type: ignore[no-any-return]
+    return repo.Coverage(_runtime(request).settings.audit_checkpoint_every)
+
+
 def _event_out(row: Any) -> AuditEventOut:
     return msgspec.convert(repo.public_event(row), AuditEventOut)
 
@@ -136,7 +144,9 @@ class AuditController(Controller):
     async def verify(self, request: Request[Any, Any, Any], org_id: str) -> VerifyOut:
         await admit(request, org_id, "audit", "read", tier="heavy")
         runtime = _runtime(request)
-        result = await repo.verify_org(runtime.sessions, org_id, runtime.keys)
+        coverage = _coverage(request)
+        result = await repo.verify_org(runtime.sessions, org_id, runtime.keys,
+                                       every=coverage.every, interval=coverage.interval)
         return msgspec.convert(result.as_dict(), VerifyOut)
 
     @get(
@@ -157,15 +167,18 @@ class AuditController(Controller):
             raise ValidationFailed("Query parameters failed validation.", issues)
         runtime = _runtime(request)
         settings = runtime.settings
-        # Sign the current head first, so the export ends at a signed checkpoint (a cut tail
-        # is then always detected).
-        await repo.checkpoint_now(runtime.sessions, org_id, runtime.keys, settings.issuer)
-        start, end, cps, head = await _export_range(runtime, org_id, since, until)
+        # Sign the current head first, and end there: a complete export ends at a signed
+        # checkpoint (a cut tail or deleted checkpoints are then always detected).
+        coverage = _coverage(request)
+        signed = await repo.checkpoint_now(runtime.sessions, org_id, runtime.keys, settings.issuer, coverage)
+        start, end, cps, head = await _export_range(runtime, org_id, since, until, signed)
         header = {
             "type": "header", "format": repo.EXPORT_FORMAT, "org_id": org_id, "issuer": settings.issuer,
             "exported_at": isoformat(utcnow()),
             "from": isoformat(since), "to": isoformat(until),
             "hash": "sha256(prev_hash_bytes || JCS(event)); genesis prev = 32 zero bytes",
+            # The writer's checkpoint rule, for checkpoints that do not state theirs.
+            "checkpoint_every": coverage.every, "checkpoint_interval": coverage.interval,
         }
 
         async def lines() -> AsyncIterator[bytes]:
@@ -189,11 +202,12 @@ class AuditController(Controller):
 
 
 async def _export_range(
-    runtime: Runtime, org_id: str, since: datetime | None, until: datetime | None
+    runtime: Runtime, org_id: str, since: datetime | None, until: datetime | None, signed: int,
 ) -> tuple[int, int, list[Any], tuple[int, str]]:
     """[start, end] seqs to export and the checkpoints that go with them. The start moves back
     to the nearest signed checkpoint before ``from`` (or to the beginning), so the export can
-    be verified on its own."""
+    be verified on its own; the end is at most ``signed``, the head signed for this export
+    (events appended since then belong to the next one)."""
     from sqlalchemy import func, select
 
     from store.models import AuditEvent
@@ -211,11 +225,11 @@ async def _export_range(
             first = int(first) if first is not None else head_seq + 1
             before = [c.seq for c in cps if c.seq <= first - 1 and c.seq >= oldest - 1]
             start = max(before) + 1 if before else oldest
-        end = head_seq
+        end = min(head_seq, signed)
         if until is not None:
             last = (await session.execute(select(func.max(AuditEvent.seq)).where(
                 AuditEvent.org_id == org_id, AuditEvent.created_at <= repo.format_ts(until)))).scalar()
-            end = int(last) if last is not None else start - 1
+            end = min(int(last), signed) if last is not None else start - 1
             end = max(end, start - 1)
     keep = [c for c in cps if start - 1 <= c.seq <= end]
     return start, end, keep, (head_seq, head_hash)

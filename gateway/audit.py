@@ -235,7 +235,8 @@ class AuditSink:
     """``app.state.audit``. ``record`` queues; the writer task appends to the chain.
 
     Tuning (tests use small values): ``batch_size`` events per read/append, ``checkpoint_age``
-    seconds between time-based checkpoints while there is activity, ``claim_idle`` seconds a
+    the checkpoint interval: no event stays unsigned longer (the coverage rule of
+    store/audit.py; start signs what is due, stop signs every open stretch), ``claim_idle`` seconds a
     stream entry may stay pending before another writer takes it over, ``prune_interval``
     seconds between retention runs."""
 
@@ -341,9 +342,24 @@ class AuditSink:
             except Exception as exc:  # Redis down at start: record() fails closed meanwhile
                 log.warning("audit writer: Redis not ready at start; will retry",
                             extra={"fields": {"error": type(exc).__name__}})
+        # A writer that died left open stretches behind: sign what is due before serving, so an
+        # honest chain never has an unsigned event older than the interval (docs/audit.md).
+        await self._checkpoint_due(self.checkpoint_age)
         self._accepting = True
         self._stopping.clear()
         self._task = asyncio.create_task(self._run(), name="audit-writer")
+
+    @property
+    def coverage(self) -> repo.Coverage:
+        """The checkpoint rule this writer keeps (and signs into its checkpoints)."""
+        return repo.Coverage(self.settings.audit_checkpoint_every, self.checkpoint_age)
+
+    async def _checkpoint_due(self, max_age: float) -> None:
+        try:
+            await repo.checkpoint_if_due(self._sessions, self.runtime.keys, self.settings.issuer, max_age,
+                                         every=self.coverage.every, interval=self.coverage.interval)
+        except Exception:
+            log.exception("audit writer: could not sign the due checkpoints")
 
     async def _prepare_stream(self) -> None:
         try:
@@ -373,6 +389,8 @@ class AuditSink:
                 await self._drain_stream_final()
             else:
                 await self._drain_queue_final()
+            # Close every open stretch: nothing this process wrote stays unsigned while it is gone.
+            await self._checkpoint_due(0.0)
         finally:
             if self._engine is not None:
                 await self._engine.dispose()
@@ -443,14 +461,15 @@ class AuditSink:
         now = time.monotonic()
         if now >= self._next_checkpoint:
             self._next_checkpoint = now + self.tick
-            await repo.checkpoint_if_due(self._sessions, self.runtime.keys, self.settings.issuer, self.checkpoint_age)
+            await repo.checkpoint_if_due(self._sessions, self.runtime.keys, self.settings.issuer, self.checkpoint_age,
+                                         every=self.coverage.every, interval=self.coverage.interval)
         if self.redis_mode and now >= self._next_claim:
             self._next_claim = now + self.claim_idle
             await self._claim(min_idle_ms=int(self.claim_idle * 1000))
         if self.settings.audit_retention_days > 0 and now >= self._next_prune:
             self._next_prune = now + self.prune_interval
             n = await repo.prune_all(self._sessions, self.settings.audit_retention_days,
-                                     self.runtime.keys, self.settings.issuer)
+                                     self.runtime.keys, self.settings.issuer, coverage=self.coverage)
             if n:
                 log.info("audit retention pruned events", extra={"fields": {"deleted": n}})
 
@@ -468,7 +487,7 @@ class AuditSink:
             async with self._sessions() as session, session.begin():
                 n += await repo.append_events(
                     session, org_id, items, keys=self.runtime.keys, issuer=self.settings.issuer,
-                    checkpoint_every=self.settings.audit_checkpoint_every,
+                    checkpoint_every=self.settings.audit_checkpoint_every, checkpoint_interval=self.checkpoint_age,
                 )
         self.written += n
         return n

@@ -9,9 +9,26 @@ Appends are serialized per organization: the append transaction locks the org's 
 with the first statement, an ``INSERT ... ON CONFLICT DO NOTHING`` of that row), reads the head,
 assigns ``seq`` and hashes, inserts the events and moves the head. The chain cannot fork.
 
-Checkpoints: an EdDSA JWT (``typ`` :data:`CHECKPOINT_TYP`) over ``{org_id, seq, hash, anchor}``.
-An ``anchor`` checkpoint is written by retention pruning: the events up to ``seq`` were deleted
-on purpose and verification starts from its hash.
+Checkpoints: an EdDSA JWT (``typ`` :data:`CHECKPOINT_TYP`) over ``{org_id, seq, hash, anchor}``
+plus the signer's ``every`` and ``interval`` (the coverage rule below). An ``anchor`` checkpoint
+is written by retention pruning: the events up to ``seq`` were deleted on purpose and
+verification starts from its hash.
+
+Coverage: a checkpoint only proves what it covers, so a database writer who rewrites events
+and deletes the checkpoints from there on would otherwise leave a "valid" chain. The writer
+therefore guarantees, and verification demands, that
+
+* no stretch between two checkpoints (or after the last one) holds more than ``every`` events,
+* the events of one stretch were created within ``interval`` seconds of each other, and
+* no event stays without a checkpoint longer than ``interval`` seconds after its creation
+  (verification allows :func:`tail_allowance` before it calls an unsigned event suspicious).
+
+The appends enforce the first two (a checkpoint is signed before an event that would break
+them); the third is kept by ``audit_heads.checkpoint_at``, the time from which the next
+checkpoint is due: the last checkpoint's time, moved back to the creation time of any older
+event appended since. An append signs at once when that is ``interval`` old (an event that
+arrives late), the writer's periodic :func:`checkpoint_if_due` does in between, and a writer
+that stops signs every open stretch (:func:`checkpoint_if_due` with ``max_age=0``).
 
 The pure parts (hashing, :class:`ChainVerifier`, checkpoint verification with a key lookup) need
 no database: ``bastion audit verify`` uses them on an export file.
@@ -40,6 +57,13 @@ CHECKPOINT_AUDIENCE = "bastion-audit"
 # Checkpoints are evidence, not credentials: they do not expire (verification ignores exp).
 _CHECKPOINT_TTL = 100 * 366 * 86400
 EXPORT_FORMAT = "bastion-audit-export/1"
+# The writer's defaults (BASTION_AUDIT_CHECKPOINT_EVERY; the sink's checkpoint_age): used by
+# verification where a checkpoint does not say (checkpoints signed before the claims existed).
+DEFAULT_CHECKPOINT_EVERY = 100
+DEFAULT_CHECKPOINT_INTERVAL = 60.0
+# An unsigned event may be this much older than the interval before verification objects: the
+# writer checks once a tick (1 s) and may be busy with a batch or a database hiccup.
+_MIN_TAIL_GRACE = 30.0
 
 # The hashed event fields, in the order the API shows them.
 FIELDS = (
@@ -112,6 +136,12 @@ def normalize(event: dict[str, Any]) -> dict[str, Any]:
         out[name] = value
     if not out.get("kind"):
         out["kind"] = "unknown"
+    try:
+        parse_ts(str(out.get("created_at")))
+    except ValueError:
+        # Checkpoint coverage is judged on creation times: an event without a readable one is
+        # stamped with the time it reaches the writer (every producer of ours sets one).
+        out["created_at"] = format_ts(utcnow())
     return out
 
 
@@ -125,12 +155,42 @@ def chain_hash(prev_hex: str, body: dict[str, Any]) -> str:
     return hashlib.sha256(bytes.fromhex(prev_hex) + canonical_json(body)).hexdigest()
 
 
-def sign_checkpoint(keys: Any, issuer: str, org_id: str, seq: int, head_hash: str, anchor: bool = False) -> str:
-    claims = {
+def sign_checkpoint(keys: Any, issuer: str, org_id: str, seq: int, head_hash: str, anchor: bool = False,
+                    every: int | None = None, interval: float | None = None) -> str:
+    """``every``/``interval``: the coverage the signer keeps (module doc), signed so that an
+    export's reader need not trust the file for them."""
+    claims: dict[str, Any] = {
         "iss": issuer, "aud": CHECKPOINT_AUDIENCE, "sub": org_id,
         "org_id": org_id, "seq": int(seq), "hash": head_hash, "anchor": bool(anchor),
     }
+    if every is not None:
+        claims["every"] = int(every)
+    if interval is not None:
+        claims["interval"] = float(interval)
     return sign(keys, CHECKPOINT_TYP, claims, _CHECKPOINT_TTL)
+
+
+def tail_allowance(interval: float) -> float:
+    """Seconds an event may stay without a checkpoint before verification objects."""
+    return interval + max(interval, _MIN_TAIL_GRACE)
+
+
+def _claim_every(claims: dict[str, Any]) -> int | None:
+    v = claims.get("every")
+    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 1 else None
+
+
+def _claim_interval(claims: dict[str, Any]) -> float | None:
+    v = claims.get("interval")
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+    return float(v) if ok else None
+
+
+def _too_wide(lo: datetime | None, hi: datetime | None, ts: datetime, interval: float) -> bool:
+    """Would a stretch spanning [lo, hi] span more than ``interval`` seconds with ``ts`` added?"""
+    if lo is None or hi is None:
+        return False
+    return (max(hi, ts) - min(lo, ts)).total_seconds() > interval
 
 
 class CheckpointInvalid(Exception):
@@ -206,11 +266,22 @@ class ChainVerifier:
 
     ``checkpoints``: verified claims. ``allow_checkpoint_start``: the events may begin right
     after any signed checkpoint (an export with ``from``); otherwise only at seq 1 or right after
-    an ``anchor`` checkpoint (retention), so deleting the oldest events is detected."""
+    an ``anchor`` checkpoint (retention), so deleting the oldest events is detected.
+
+    Coverage (module doc): ``every`` and ``interval`` are what the writer is configured with,
+    used where a checkpoint's own claims do not say; ``now``, when given, is the moment the
+    chain was read: events after the last checkpoint must be younger than
+    :func:`tail_allowance` then (None: the tail's age is not judged, e.g. a bounded export).
+    ``sealed``: the chain must end on a checkpoint (a complete export: the server signs its
+    head before exporting)."""
 
     org_id: str
     checkpoints: list[dict[str, Any]]
     allow_checkpoint_start: bool = False
+    every: int = DEFAULT_CHECKPOINT_EVERY
+    interval: float = DEFAULT_CHECKPOINT_INTERVAL
+    now: datetime | None = None
+    sealed: bool = False
     checked: int = 0
     failed: VerifyResult | None = None
     _prev: str | None = None
@@ -220,6 +291,11 @@ class ChainVerifier:
     _segment_first: str | None = None  # first event after the last matched checkpoint
     _matched: dict[str, Any] | None = None
     _by_seq: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    # The open stretch: the checkpoint(s) it follows (none at genesis), its creation times.
+    _base_seq: int = 0
+    _base_claims: list[dict[str, Any]] = field(default_factory=list)
+    _lo: datetime | None = None
+    _hi: datetime | None = None
 
     def __post_init__(self) -> None:
         for cp in self.checkpoints:
@@ -250,6 +326,7 @@ class ChainVerifier:
         self._prev, self._seq = hashes.pop(), seq - 1
         self._start = "anchor" if anchors else "checkpoint"
         self._matched = usable[0]
+        self._base_seq, self._base_claims = seq - 1, list(cps)
         return True
 
     def add(self, body: dict[str, Any], stored_hash: str | None) -> bool:
@@ -273,18 +350,66 @@ class ChainVerifier:
             return self._fail(f"event at seq {seq} cannot be canonicalised ({type(exc).__name__})", event_id)
         if stored_hash is not None and stored_hash != computed:
             return self._fail(f"event at seq {seq} does not match its recorded hash: it was modified", event_id)
+        try:
+            ts = parse_ts(str(body.get("created_at")))
+        except ValueError:
+            return self._fail(f"event at seq {seq} has no valid created_at", event_id)
         self.checked += 1
         self._seq, self._prev = seq, computed
-        for cp in self._by_seq.get(seq, []):
+        self._lo = ts if self._lo is None else min(self._lo, ts)
+        self._hi = ts if self._hi is None else max(self._hi, ts)
+        cps = self._by_seq.get(seq, [])
+        for cp in cps:
             if cp["hash"] != computed:
                 return self._fail(
                     f"the signed checkpoint at seq {seq} does not match the chain: an event between "
                     f"seq {seq - self._segment_count(seq) + 1} and {seq} was altered, inserted or removed",
                     self._segment_first)
             self._matched = cp
-        if self._by_seq.get(seq):
+        if cps:
+            problem = self._stretch_problem(seq, cps)
+            if problem is not None:
+                return self._fail(problem, self._segment_first)
             self._segment_first = None
+            self._base_seq, self._base_claims, self._lo, self._hi = seq, list(cps), None, None
         return True
+
+    def _stretch_problem(self, end: int, closing: list[dict[str, Any]] | None) -> str | None:
+        """What is wrong with the events ``_base_seq+1 .. end`` and their checkpoints, if anything.
+        ``closing``: the checkpoints at ``end`` (None: the open tail after the last one)."""
+        count = end - self._base_seq
+        if count <= 0:
+            return None
+        claims = self._base_claims + (closing or [])
+        # Each checkpoint states the coverage its signer kept; a stretch may follow either end's
+        # (the setting can change between them). Checkpoints that do not say count as configured.
+        every = max([_claim_every(c) or self.every for c in claims] + ([self.every] if closing is None else []))
+        where = (f"between the signed checkpoints at seq {self._base_seq} and {end}" if closing is not None and self._base_claims
+                 else f"up to the signed checkpoint at seq {end}" if closing is not None
+                 else f"after the last signed checkpoint (seq {self._base_seq})" if self._base_claims
+                 else "with no signed checkpoint")
+        if closing is None and self.sealed:
+            return (f"the export is complete but its last {count} events (seq {self._base_seq + 1} to {end}) have no "
+                    "signed checkpoint (the server signs the head before every export): checkpoints were removed")
+        if count > every:
+            return (f"{count} events (seq {self._base_seq + 1} to {end}) {where}, but one is signed at least "
+                    f"every {every} events: checkpoints were deleted or events inserted")
+        intervals = [i for i in (_claim_interval(c) for c in claims) if i is not None]
+        if closing is None:
+            intervals.append(self.interval)
+        if intervals and self._lo is not None and self._hi is not None:
+            interval = max(intervals)
+            if (self._hi - self._lo).total_seconds() > interval:
+                return (f"the events from seq {self._base_seq + 1} to {end} ({where}) were created over "
+                        f"{(self._hi - self._lo).total_seconds():.0f} s, but a checkpoint is signed at least every "
+                        f"{interval:g} s of activity: checkpoints were deleted or events inserted")
+        if closing is None and self.now is not None and self._lo is not None:
+            allowance = tail_allowance(max(intervals))
+            if (self.now - self._lo).total_seconds() > allowance:
+                return (f"the events from seq {self._base_seq + 1} to {end} ({where}) have no signed checkpoint, "
+                        f"but the oldest was created at {format_ts(self._lo)}, more than {allowance:g} s earlier and "
+                        f"a checkpoint is signed within {max(intervals):g} s: checkpoints were deleted")
+        return None
 
     def _segment_count(self, seq: int) -> int:
         lower = max([s for s in self._by_seq if s < seq] + [(self._first_seq or 1) - 1])
@@ -307,6 +432,12 @@ class ChainVerifier:
             return self._fail_end(f"truncated: a signed checkpoint covers seq {max(beyond)} but the log ends at seq {last}")
         if head_seq is not None and head_seq != last:
             return self._fail_end(f"truncated: the chain head is at seq {head_seq} but the log ends at seq {last}")
+        if self._prev is not None:
+            problem = self._stretch_problem(last, None)
+            if problem is not None:
+                self._fail(problem, self._segment_first)
+                assert self.failed is not None
+                return self.failed
         return VerifyResult(True, self.checked, None, None, checkpoint_summary(self._matched),
                             self._first_seq, last or None, self._start)
 
@@ -353,13 +484,24 @@ async def lock_head(session: AsyncSession, org_id: str) -> AuditHead:
     return (await session.execute(q)).scalar_one()
 
 
+@dataclass
+class Coverage:
+    """The writer's checkpoint rule (module doc): at least every ``every`` events and within
+    ``interval`` seconds of an event's creation. Signed into every checkpoint."""
+
+    every: int = DEFAULT_CHECKPOINT_EVERY
+    interval: float = DEFAULT_CHECKPOINT_INTERVAL
+
+
 async def _sign_into(session: AsyncSession, head: AuditHead, keys: Any, issuer: str, anchor: bool = False,
-                     seq: int | None = None, head_hash: str | None = None, reload: bool = True) -> AuditCheckpoint:
+                     seq: int | None = None, head_hash: str | None = None, reload: bool = True,
+                     coverage: Coverage | None = None) -> AuditCheckpoint:
     if reload and getattr(keys, "reload_if_changed", None) is not None:
         keys.reload_if_changed()
     seq = head.seq if seq is None else seq
     head_hash = head.hash if head_hash is None else head_hash
-    token = sign_checkpoint(keys, issuer, head.org_id, seq, head_hash, anchor)
+    token = sign_checkpoint(keys, issuer, head.org_id, seq, head_hash, anchor,
+                            every=coverage.every if coverage else None, interval=coverage.interval if coverage else None)
     now = utcnow()
     cp = AuditCheckpoint(org_id=head.org_id, seq=seq, hash=head_hash, anchor=anchor,
                          kid=keys.signing_key.kid, token=token, created_at=now)
@@ -369,18 +511,44 @@ async def _sign_into(session: AsyncSession, head: AuditHead, keys: Any, issuer: 
     return cp
 
 
+def _ts(value: Any) -> datetime | None:
+    try:
+        return parse_ts(str(value))
+    except ValueError:
+        return None
+
+
+async def _open_stretch(session: AsyncSession, head: AuditHead) -> tuple[datetime | None, datetime | None]:
+    """Earliest and latest creation time of the events after the last checkpoint (at most
+    ``every - 1`` rows, read by the (org_id, seq) index)."""
+    if head.seq <= head.checkpoint_seq:
+        return None, None
+    lo, hi = (await session.execute(
+        select(func.min(AuditEvent.created_at), func.max(AuditEvent.created_at))
+        .where(AuditEvent.org_id == head.org_id, AuditEvent.seq > head.checkpoint_seq)
+    )).one()
+    # The stored texts are fixed-width UTC, so text order is time order.
+    return (_ts(lo), _ts(hi)) if lo is not None and hi is not None else (None, None)
+
+
 async def append_events(
     session: AsyncSession, org_id: str, events: list[dict[str, Any]], *,
-    keys: Any, issuer: str, checkpoint_every: int,
+    keys: Any, issuer: str, checkpoint_every: int, checkpoint_interval: float = DEFAULT_CHECKPOINT_INTERVAL,
 ) -> int:
     """Append ``events`` (normalized) to the org's chain inside the caller's transaction.
     Events whose ``event_id`` is already stored are skipped (a re-delivered stream entry).
-    Returns how many were appended."""
+    Signs the checkpoints the coverage rule needs (module doc). Returns how many were appended."""
+    coverage = Coverage(checkpoint_every, checkpoint_interval)
     head = await lock_head(session, org_id)
-    if head.seq // checkpoint_every != (head.seq + len(events)) // checkpoint_every:
-        reload = getattr(keys, "reload_if_changed", None)
-        if reload is not None:
-            reload()  # a checkpoint is coming: sign with the newest key (bastion keys rotate)
+    reloaded = False
+
+    async def checkpoint(seq: int, head_hash: str) -> None:
+        nonlocal reloaded
+        # Sign with the newest key (bastion keys rotate), reloaded once per append.
+        await _sign_into(session, head, keys, issuer, seq=seq, head_hash=head_hash, reload=not reloaded,
+                         coverage=coverage)
+        reloaded = True
+
     ids = [e["event_id"] for e in events]
     existing: set[str] = set()
     for i in range(0, len(ids), 500):
@@ -388,34 +556,53 @@ async def append_events(
         rows = await session.execute(select(AuditEvent.event_id).where(AuditEvent.event_id.in_(chunk)))
         existing.update(r[0] for r in rows)
     seq, prev = head.seq, head.hash
+    lo, hi = await _open_stretch(session, head)
     rows_out = []
     seen: set[str] = set()
     for e in events:
         if e["event_id"] in existing or e["event_id"] in seen:
             continue
         seen.add(e["event_id"])
+        ts = _ts(e.get("created_at")) or utcnow()
+        if seq > head.checkpoint_seq and _too_wide(lo, hi, ts, checkpoint_interval):
+            # This event was created too far from the open stretch's (it arrived late, or the
+            # others did): close the stretch first, so no stretch spans more than the interval.
+            await checkpoint(seq, prev)
+            lo = hi = None
         seq += 1
         body = dict(e, seq=seq, org_id=org_id)
         body = {k: body.get(k) for k in FIELDS}
         h = chain_hash(prev, body)
         rows_out.append(dict(body, hash=h))
         prev = h
+        lo, hi = (ts, ts) if lo is None or hi is None else (min(lo, ts), max(hi, ts))
+        if head.checkpoint_at is None or ts < head.checkpoint_at:
+            head.checkpoint_at = ts  # the next checkpoint is due an interval after this event
         if seq - head.checkpoint_seq >= checkpoint_every:  # exactly every N events
-            await _sign_into(session, head, keys, issuer, seq=seq, head_hash=h, reload=False)
+            await checkpoint(seq, h)
+            lo = hi = None
     if not rows_out:
         return 0
     await session.execute(AuditEvent.__table__.insert(), rows_out)
     head.seq, head.hash, head.updated_at = seq, prev, utcnow()
+    if head.seq > head.checkpoint_seq and (
+        head.checkpoint_at is None or head.checkpoint_at <= utcnow() - timedelta(seconds=checkpoint_interval)
+    ):
+        await checkpoint(head.seq, head.hash)  # due already (an event that arrived late): now, not in a tick
     return len(rows_out)
 
 
 async def checkpoint_if_due(
     sessions: async_sessionmaker[AsyncSession], keys: Any, issuer: str, max_age: float, now: datetime | None = None,
+    *, every: int | None = None, interval: float | None = None,
 ) -> int:
-    """Sign a checkpoint for every org with unsigned events whose last checkpoint is older than
-    ``max_age`` seconds (or that never had one). Returns how many were signed."""
+    """Sign a checkpoint for every org with events after its last checkpoint whose
+    ``checkpoint_at`` (module doc) is ``max_age`` seconds old or more; ``max_age=0``: every
+    such org (a writer that stops). ``every``/``interval``: the coverage to sign into the
+    checkpoints (``interval`` defaults to ``max_age``). Returns how many were signed."""
     now = now or utcnow()
     cutoff = now - timedelta(seconds=max_age)
+    coverage = Coverage(every or DEFAULT_CHECKPOINT_EVERY, max_age if interval is None else interval)
     async with sessions() as session:
         rows = await session.execute(
             select(AuditHead.org_id).where(
@@ -429,21 +616,25 @@ async def checkpoint_if_due(
         async with sessions() as session, session.begin():
             head = await lock_head(session, org_id)
             if head.seq > head.checkpoint_seq and (head.checkpoint_at is None or head.checkpoint_at <= cutoff):
-                await _sign_into(session, head, keys, issuer)
+                await _sign_into(session, head, keys, issuer, coverage=coverage)
                 done += 1
     return done
 
 
-async def checkpoint_now(sessions: async_sessionmaker[AsyncSession], org_id: str, keys: Any, issuer: str) -> None:
-    """Sign the org's current head if it has unsigned events (before an export)."""
+async def checkpoint_now(sessions: async_sessionmaker[AsyncSession], org_id: str, keys: Any, issuer: str,
+                         coverage: Coverage | None = None) -> int:
+    """Sign the org's current head if it has unsigned events (before an export). Returns the
+    head's seq: everything up to it is under a checkpoint."""
     async with sessions() as session, session.begin():
         head = await lock_head(session, org_id)
         if head.seq > head.checkpoint_seq:
-            await _sign_into(session, head, keys, issuer)
+            await _sign_into(session, head, keys, issuer, coverage=coverage)
+        return int(head.seq)
 
 
 async def prune(
     sessions: async_sessionmaker[AsyncSession], org_id: str, older_than: datetime, keys: Any, issuer: str,
+    coverage: Coverage | None = None,
 ) -> int:
     """Retention: delete the oldest events created before ``older_than`` — a prefix of the chain
     (seq 1..p, stopping at the first newer event) — after signing an anchor checkpoint at p.
@@ -461,7 +652,7 @@ async def prune(
         p_hash = (await session.execute(
             select(AuditEvent.hash).where(AuditEvent.org_id == org_id, AuditEvent.seq == p)
         )).scalar_one()
-        await _sign_into(session, head, keys, issuer, anchor=True, seq=p, head_hash=p_hash)
+        await _sign_into(session, head, keys, issuer, anchor=True, seq=p, head_hash=p_hash, coverage=coverage)
         await session.flush()
         result = await session.execute(delete(AuditEvent).where(AuditEvent.org_id == org_id, AuditEvent.seq <= p))
         # Checkpoints before the anchor certify deleted events only.
@@ -470,7 +661,7 @@ async def prune(
 
 
 async def prune_all(sessions: async_sessionmaker[AsyncSession], retention_days: int, keys: Any, issuer: str,
-                    now: datetime | None = None) -> int:
+                    now: datetime | None = None, coverage: Coverage | None = None) -> int:
     if retention_days <= 0:
         return 0
     older_than = (now or utcnow()) - timedelta(days=retention_days)
@@ -479,7 +670,7 @@ async def prune_all(sessions: async_sessionmaker[AsyncSession], retention_days: 
             select(AuditEvent.org_id).where(AuditEvent.created_at < format_ts(older_than)).distinct())]
     total = 0
     for org_id in orgs:
-        total += await prune(sessions, org_id, older_than, keys, issuer)
+        total += await prune(sessions, org_id, older_than, keys, issuer, coverage)
     return total
 
 
@@ -556,23 +747,42 @@ async def get_head(session: AsyncSession, org_id: str) -> AuditHead | None:
     return await session.get(AuditHead, org_id, populate_existing=True)
 
 
-async def verify_org(sessions: async_sessionmaker[AsyncSession], org_id: str, keys: Any) -> VerifyResult:
-    """Recompute the org's chain from the stored events and check every signed checkpoint and
-    the head (a missing tail is detected up to the last checkpoint, and up to the head row)."""
+async def verify_org(sessions: async_sessionmaker[AsyncSession], org_id: str, keys: Any, *,
+                     every: int | None = None, interval: float | None = None) -> VerifyResult:
+    """Recompute the org's chain from the stored events and check every signed checkpoint, the
+    coverage rule (module doc; ``every``/``interval``: the writer's configuration, for
+    checkpoints that do not state theirs) and the head (a missing tail is detected up to the
+    last checkpoint, and up to the head row).
+
+    Reads the head first and then the checkpoints, so every checkpoint signed with the events
+    in view is seen (the tail's age is judged as of before the head was read). A checkpoint
+    beyond that head is fine only if the head has moved on meanwhile (concurrent appends)."""
+    now = utcnow()
     async with sessions() as session:
-        cps = await load_checkpoints(session, org_id)
         head = await get_head(session, org_id)
+        cps = await load_checkpoints(session, org_id)
+    head_seq = head.seq if head is not None else 0
     reload = getattr(keys, "reload_if_changed", None)
     if reload is not None:
         reload()
     claims, problem = verify_tokens([c.token for c in cps], keys.public_key, org_id)
     if problem is not None:
         return VerifyResult(False, 0, None, problem, None)
-    verifier = ChainVerifier(org_id, claims)
-    async for row in iter_events(sessions, org_id):
+    later = [c["seq"] for c in claims if c["seq"] > head_seq]
+    verifier = ChainVerifier(org_id, [c for c in claims if c["seq"] <= head_seq],
+                             every=every or DEFAULT_CHECKPOINT_EVERY,
+                             interval=DEFAULT_CHECKPOINT_INTERVAL if interval is None else interval, now=now)
+    async for row in iter_events(sessions, org_id, to_seq=head_seq):
         if not verifier.add(event_body(row), row.hash):
             break
-    return verifier.finish(head.seq if head is not None else 0)
+    result = verifier.finish(head_seq)
+    if result.valid and later:
+        async with sessions() as session:
+            moved = await get_head(session, org_id)
+        if moved is None or moved.seq < max(later):
+            return verifier._fail_end(
+                f"truncated: a signed checkpoint covers seq {max(later)} but the log ends at seq {head_seq}")
+    return result
 
 
 def public_event(row: AuditEvent) -> dict[str, Any]:
@@ -630,8 +840,15 @@ def verify_export(lines: Iterable[str | bytes], public_key: Callable[[str], Any]
     if problem is not None:
         return VerifyResult(False, 0, None, problem)
     last_line_seq = end.get("last_seq") if end else None
-    # A bounded export (``to``) carries only the checkpoints up to its last event.
-    verifier = ChainVerifier(org_id, claims, allow_checkpoint_start=header.get("from") is not None)
+    # A bounded export (``to``) carries only the checkpoints up to its last event, so its last
+    # events may have none; a complete one ends at the checkpoint the server signed for it.
+    every, interval = header.get("checkpoint_every"), header.get("checkpoint_interval")
+    verifier = ChainVerifier(
+        org_id, claims, allow_checkpoint_start=header.get("from") is not None,
+        every=every if isinstance(every, int) and not isinstance(every, bool) and every >= 1 else DEFAULT_CHECKPOINT_EVERY,
+        interval=_claim_interval({"interval": interval}) or DEFAULT_CHECKPOINT_INTERVAL,
+        sealed=header.get("to") is None,
+    )
     for body, stored in events:
         if not verifier.add(body, stored):
             break

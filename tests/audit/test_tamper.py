@@ -266,6 +266,15 @@ async def test_retention_prune_keeps_the_chain_verifiable(chain: Any) -> None:
         created_at=repo.format_ts(old + timedelta(seconds=r.seq))) for r in rows[:12]])
     await _rehash_from(client, org, 1)
     await _exec(client, delete(AuditCheckpoint).where(AuditCheckpoint.org_id == org.org_id))
+    # Sign again as the writer would have: every 10 events, and the old events (long before
+    # the others) in a stretch of their own.
+    rows = await _rows(client, org)
+    for seq in (10, 12, 22):
+        await _exec(client, AuditCheckpoint.__table__.insert().values(
+            org_id=org.org_id, seq=seq, hash=rows[seq - 1].hash, anchor=False, kid=runtime.keys.signing_key.kid,
+            token=repo.sign_checkpoint(runtime.keys, "bastion", org.org_id, seq, rows[seq - 1].hash),
+            created_at=datetime.now(timezone.utc)))
+    await _exec(client, update(AuditHead).where(AuditHead.org_id == org.org_id).values(checkpoint_seq=22))
     await repo.checkpoint_now(runtime.sessions, org.org_id, runtime.keys, "bastion")
     assert (await _verify(client, org))["valid"]
     deleted = await repo.prune_all(runtime.sessions, 365, runtime.keys, runtime.settings.issuer)
