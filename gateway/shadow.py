@@ -8,7 +8,8 @@ decision's time, and an override token the live run accepted is reused. Nothing 
 
 Differences go into a bounded in-memory buffer (oldest dropped when full, counted in
 ``dropped``) that a background task writes to SQL (``policy_shadow_diffs``) off the response
-path.
+path. A diff keeps the action's ``params`` only with ``BASTION_AUDIT_INCLUDE_PARAMS``, like the
+audit trail; otherwise their ``params_hash`` (the same digest as the audit event's).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from core.tasks import cancel
 from gateway.pipeline import Decision, Pipeline
 from policies.compile import CompiledOrg
 from store import policy_rules
+from store.audit import params_digest
 from store.quotas import OK, QuotaResult
 
 log = logging.getLogger("bastion.gateway.shadow")
@@ -73,6 +75,15 @@ class ShadowRecorder:
         self.recorded = 0
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self.include_params = bool(getattr(getattr(runtime, "settings", None), "audit_include_params", False))
+
+    def _action(self, req: Any) -> dict[str, Any]:
+        """The action as the diff stores it: params replaced by their digest unless params are
+        recorded (the same setting as the audit trail: they may hold personal data)."""
+        action: dict[str, Any] = msgspec.to_builtins(req.action)
+        if not self.include_params:
+            action["params_hash"] = params_digest(action.pop("params", None))
+        return action
 
     async def observe(self, pipeline: Pipeline, req: Any, org: CompiledOrg, live: Decision, *,
                       spend: bool, uapk_ids: tuple[str, ...] | None) -> Decision | None:
@@ -100,7 +111,7 @@ class ShadowRecorder:
                 "live_reasons": [r.as_dict() for r in live.reasons],
                 "shadow_reasons": [r.as_dict() for r in sd.reasons],
                 "live_policy_version": live.policy_version,
-                "action": msgspec.to_builtins(req.action),
+                "action": self._action(req),
                 "created_at": utcnow(),
             })
             self._ensure_task()

@@ -277,3 +277,37 @@ async def test_offline_verifier_refuses_a_complete_export_with_an_unsigned_end(e
     cut = [json.dumps(o) for o in objs if not (o["type"] == "checkpoint" and o["seq"] == last_cp)]
     res = _offline(client, cut)
     assert not res.valid and "no signed checkpoint" in (res.problem or ""), res
+
+
+# --- shadow diffs honour BASTION_AUDIT_INCLUDE_PARAMS ------------------------------------
+@pytest.mark.parametrize("include", [False, True])
+async def test_shadow_diffs_store_params_only_when_the_audit_does(settings_factory: Any, include: bool) -> None:
+    from tests.conftest import make_key
+    from tests.gateway.factories import action, add_manifest
+
+    async with serve_app(create_app(settings_factory(audit_include_params=include))) as client:
+        org = await bootstrap_org(client.app)
+        await add_manifest(client.app.state.runtime, org.org_id, "support-bot", approved=["crm:*"], team="support")
+        agent = {"X-API-Key": await make_key(client, org, "agent")}
+        base = f"/api/v1/orgs/{org.org_id}/policies"
+        rule = {"id": "no-delete", "subject": "team:support", "capability": "crm:delete", "effect": "deny"}
+        r = await client.post(f"{base}/shadow", json={"rules": [rule]}, headers=org.headers)
+        assert r.status_code == 201, r.text
+        params = {"customer_email": "alice@example.com", "reason": "GDPR erasure"}
+        r = await client.post("/api/v1/gateway/execute", json=action(tool="crm", type="delete", params=params),
+                              headers=agent)
+        assert r.status_code == 200 and r.json()["decision"] == "allow", r.text
+        r = await client.get(f"{base}/shadow/diffs", headers=org.headers)
+        assert r.status_code == 200 and r.json()["total"] == 1, r.text
+        stored = r.json()["items"][0]["action"]
+        assert stored["tool"] == "crm" and stored["type"] == "delete"
+        if include:
+            assert stored["params"] == params
+        else:
+            assert "params" not in stored and "alice@example.com" not in r.text
+            assert stored["params_hash"] == repo.params_digest(params)
+            # The same digest as the decision's audit event, so the two can be matched.
+            await client.app.state.audit.flush()
+            events = (await client.get(f"/api/v1/orgs/{org.org_id}/audit/events",
+                                       params={"kind": "gateway.execute"}, headers=org.headers)).json()["items"]
+            assert events[0]["params_hash"] == stored["params_hash"] and events[0]["params"] is None
