@@ -127,12 +127,17 @@ async def record_change(
 
 
 def actor_of(who: Any) -> str | None:
-    """``api_key:<id>`` or ``user:<email>`` from a Principal or Caller (httpkit.auth)."""
+    """``api_key:<id> (<name>)`` or ``user:<email>`` from a Principal or Caller (httpkit.auth).
+
+    Every other record (policy version author, manifest events, approvals' decided_by, tokens'
+    issued_by) names a key by its name: the audit trail gives the id, which is unique and
+    stays, and that name, so its events and those records can be matched."""
     principal = getattr(who, "principal", who)
     if principal is None:
         return None
     if getattr(principal, "kind", None) == "api_key":
-        return f"api_key:{principal.key_id}"
+        name = getattr(principal, "actor", None)
+        return f"api_key:{principal.key_id} ({name})" if name else f"api_key:{principal.key_id}"
     return f"user:{getattr(principal, 'actor', None) or getattr(principal, 'user_id', '')}"
 
 

@@ -341,3 +341,32 @@ def test_every_recorded_kind_is_documented() -> None:
     policies_doc = (ROOT / "docs" / "policies.md").read_text(encoding="utf-8")
     assert sorted(k for k in kinds if k.startswith("policy.") and f"`{k}`" not in policies_doc) == []
     assert "not as audit" not in " ".join(policies_doc.split())
+
+
+# --- actors: the key's id and its name ---------------------------------------------------
+async def test_a_key_actor_is_recorded_with_its_id_and_name(client: Any, org: Org) -> None:
+    """Audit events name a key by id and name; the name is what the other records show."""
+    from tests.gateway.factories import action, add_manifest
+
+    base = f"/api/v1/orgs/{org.org_id}"
+    r = await client.post(f"{base}/api-keys", json={"name": "release-bot", "role": "policy_author"}, headers=org.headers)
+    assert r.status_code == 201, r.text
+    author = {"id": r.json()["id"], "key": r.json()["key"]}
+    r = await client.post(f"{base}/api-keys", json={"name": "crm-agent", "role": "agent"}, headers=org.headers)
+    agent = {"id": r.json()["id"], "key": r.json()["key"]}
+    await add_manifest(client.app.state.runtime, org.org_id, "support-bot", max_per_hour=100, max_per_day=100)
+    rule = {"id": "no-delete", "subject": "*", "capability": "crm:delete", "effect": "deny"}
+    r = await client.post(f"{base}/policies/rules", json=rule, headers={"X-API-Key": author["key"]})
+    assert r.status_code == 201, r.text
+    r = await client.post("/api/v1/gateway/execute", json=action(), headers={"X-API-Key": agent["key"]})
+    assert r.status_code == 200, r.text
+    await client.app.state.audit.flush()
+    events = (await client.get(f"{base}/audit/events", params={"limit": 100}, headers=org.headers)).json()["items"]
+    by_kind = {e["kind"]: e for e in events}
+    assert by_kind["policy.rule_added"]["actor"] == f"api_key:{author['id']} (release-bot)"
+    assert by_kind["gateway.execute"]["actor"] == f"api_key:{agent['id']} (crm-agent)"
+    owner_key_event = by_kind["api_key.created"]
+    assert owner_key_event["actor"].startswith("api_key:") and owner_key_event["actor"].endswith(" (bootstrap)")
+    # The policy version names the same key by that name.
+    versions = (await client.get(f"{base}/policies/versions", headers=org.headers)).json()["items"]
+    assert versions[0]["author"] == "release-bot"
