@@ -145,6 +145,15 @@ def normalize(event: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def change_event(org_id: str, kind: str, actor: str, details: dict[str, Any]) -> dict[str, Any]:
+    """A normalized management-change event, for changes that append to the chain themselves
+    (no server, so no audit writer: ``bastion bootstrap``)."""
+    import uuid
+
+    return normalize({"event_id": str(uuid.uuid4()), "org_id": org_id, "kind": kind, "actor": actor,
+                      "details": details, "created_at": format_ts(utcnow())})
+
+
 def event_body(source: Any) -> dict[str, Any]:
     """The hashed dict of a stored event (a row or a mapping): every field of :data:`FIELDS`."""
     get = source.get if isinstance(source, dict) else lambda n: getattr(source, n)

@@ -1,12 +1,23 @@
-"""Idempotent first-run set-up: an organization, its owner and an owner API key."""
+"""Idempotent first-run set-up: an organization, its owner and an owner API key.
+
+Audited like the API's changes: each thing it creates is an event (``org.created``,
+``member.added``, ``api_key.created``, ``details.via = "bootstrap"``, actor
+:data:`ACTOR`) appended to the organization's chain inside the set-up's own transaction, so
+nothing is created unrecorded (the CLI has no audit writer; the head row serializes it with a
+running server's)."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from store import accounts
+from store import audit as audit_repo
 from store.api_keys import display_prefix, generate_key, hash_key
 from store.passwords import hash_password, verify_password
 from store.runtime import Runtime
+
+
+ACTOR = "cli:bootstrap"
 
 
 class BootstrapConflict(Exception):
@@ -47,11 +58,13 @@ async def _bootstrap_once(
     runtime: Runtime, slug: str, name: str, email: str, password: str, pw_hash: str, issue_key: str
 ) -> accounts.BootstrapResult:
     created = False
+    changes: list[tuple[str, dict[str, Any]]] = []
     async with runtime.sessions() as session, session.begin():
         org = await accounts.get_org_by_slug(session, slug)
         if org is None:
             org = await accounts.create_org(session, name, slug)
             created = True
+            changes.append(("org.created", {"slug": org.slug, "name": org.name}))
         user = await accounts.get_user_by_email(session, email)
         if user is None:
             user = await accounts.create_user(session, email, pw_hash)
@@ -60,15 +73,24 @@ async def _bootstrap_once(
             raise BootstrapConflict(f"user {email} exists with another password")
         membership = await accounts.get_membership(session, org.id, user.id)
         if membership is None:
-            await accounts.add_member(session, org.id, user.id, "owner")
+            m = await accounts.add_member(session, org.id, user.id, "owner")
             created = True
+            changes.append(("member.added", {"user_id": user.id, "email": user.email, "role": m.role}))
         elif membership.role != "owner":
             raise BootstrapConflict(f"user {email} is a {membership.role} of {slug}, not its owner")
         secret = ""
         if issue_key == "always" or created:
             secret = generate_key()
-            await accounts.create_api_key(
+            key = await accounts.create_api_key(
                 session, org.id, "bootstrap", display_prefix(secret), hash_key(runtime.pepper, secret), "owner", None,
                 email,
             )
+            changes.append(("api_key.created", {"key_id": key.id, "name": key.name, "role": key.role,
+                                                "uapk_ids": key.uapk_ids}))
+        if changes:
+            s = runtime.settings
+            events = [audit_repo.change_event(org.id, kind, ACTOR, dict(details, via="bootstrap"))
+                      for kind, details in changes]
+            await audit_repo.append_events(session, org.id, events, keys=runtime.keys, issuer=s.issuer,
+                                           checkpoint_every=s.audit_checkpoint_every)
     return accounts.BootstrapResult(org_id=org.id, user_id=user.id, api_key=secret)
