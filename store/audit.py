@@ -43,7 +43,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, AsyncIterator, Callable, Iterable
 
 import jwt
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.canonical import canonical_json
