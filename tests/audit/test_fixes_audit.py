@@ -221,11 +221,11 @@ async def test_a_checkpoint_is_due_an_interval_after_the_oldest_unsigned_event(s
 
 async def test_stop_signs_every_open_stretch(settings_factory: Any) -> None:
     settings = settings_factory(audit_checkpoint_every=1000)
-    async with running_sink(settings, tick=60.0) as (runtime, sink):
+    async with running_sink(settings, tick=60.0, checkpoint_age=3600.0) as (runtime, sink):
         for i in range(3):
             await sink.record(event("org-stop", i))
         await sink.flush()
-        assert await checkpoints(runtime, "org-stop") == []  # young: not due yet
+        assert await checkpoints(runtime, "org-stop") == []  # not due for an hour
     async with running_sink(settings, tick=60.0) as (runtime, _):
         assert [c.seq for c in await checkpoints(runtime, "org-stop")] == [3]
         assert (await repo.verify_org(runtime.sessions, "org-stop", runtime.keys)).valid
@@ -233,11 +233,14 @@ async def test_stop_signs_every_open_stretch(settings_factory: Any) -> None:
 
 async def test_start_signs_what_a_dead_writer_left_due(settings_factory: Any) -> None:
     settings = settings_factory(audit_checkpoint_every=1000)
-    async with running_sink(settings, tick=60.0) as (runtime, sink):
+    async with running_sink(settings, tick=60.0, checkpoint_age=3600.0) as (runtime, sink):
         for i in range(3):
             await sink.record(event("org-dead", i))
         await sink.flush()
-        await sink.kill()  # a crash: nothing signed
+        await sink.kill()  # a crash: nothing signed, and its stop() never runs
+        async def crashed(max_age: float) -> None:
+            return None
+        sink._checkpoint_due = crashed
         # Time passes: the open stretch is an hour old.
         await _exec_rt(runtime, update(AuditHead).where(AuditHead.org_id == "org-dead").values(
             checkpoint_at=utcnow() - timedelta(hours=1)))
