@@ -137,10 +137,12 @@ def normalize(event: dict[str, Any]) -> dict[str, Any]:
     if not out.get("kind"):
         out["kind"] = "unknown"
     try:
-        parse_ts(str(out.get("created_at")))
+        # The fixed-width form (what every producer of ours sends): stored text sorts as time,
+        # which the writer's checkpoint coverage relies on.
+        out["created_at"] = format_ts(parse_ts(str(out.get("created_at"))))
     except ValueError:
-        # Checkpoint coverage is judged on creation times: an event without a readable one is
-        # stamped with the time it reaches the writer (every producer of ours sets one).
+        # Coverage is judged on creation times: an event without a readable one is stamped
+        # with the time it reaches the writer.
         out["created_at"] = format_ts(utcnow())
     return out
 

@@ -426,3 +426,12 @@ async def test_bootstrap_that_cannot_be_audited_creates_nothing(settings: Any, m
         await runtime.engine.dispose()
         if runtime.redis is not None:
             await runtime.redis.aclose()
+
+
+def test_created_at_is_stored_in_its_fixed_width_form() -> None:
+    """The writer orders an open stretch's creation times by their stored text."""
+    e = event("o1", 1)
+    e["created_at"] = "2026-11-23T12:09:40+01:00"
+    assert repo.normalize(e)["created_at"] == "2026-11-23T11:09:40.000000Z"
+    e["created_at"] = "yesterday"
+    assert repo.parse_ts(repo.normalize(e)["created_at"]) <= utcnow()
