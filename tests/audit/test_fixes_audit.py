@@ -326,9 +326,13 @@ def _recorded_kinds() -> set[str]:
     kinds (returned to its audit hook), and the bootstrap's."""
     import re
 
+    import importlib
+
     kinds: set[str] = set()
-    for folder in ("api", "gateway", "store", "bastion"):
-        for path in (ROOT / folder).glob("*.py"):
+    for package in ("api", "gateway", "store", "bastion"):
+        # The installed package's files (make test runs against a wheel, from a tree without them).
+        folder = Path(importlib.import_module(package).__file__ or "").parent
+        for path in folder.glob("*.py"):
             text = path.read_text(encoding="utf-8")
             kinds.update(re.findall(r'record_change\(\s*\w+,\s*\w+,\s*"([a-z_]+\.[a-z_]+)"', text))
             if path.name in ("policy_rules.py", "bootstrap.py"):
