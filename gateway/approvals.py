@@ -96,7 +96,7 @@ TOO_MANY_PENDING = "too_many_pending_approvals"
 
 
 class EscalationAudit:
-    """Wraps the execute's ``gateway.audit.DecisionRecorder`` for the pipeline: an escalation's
+    """Wraps the execute's ``gateway.recorder.DecisionRecorder`` for the pipeline: an escalation's
     event does not ride along with the quota call (the approval step may still turn it into a
     deny); :func:`escalate` records it, with the final outcome, before its transaction
     commits. Every other outcome is handed over as before."""

@@ -183,7 +183,7 @@ class Pipeline:
         audit: Any = None,
     ) -> Decision:
         """``spend=True`` for execute, ``False`` for evaluate (a dry run). ``audit``: a
-        gateway.audit.DecisionRecorder whose event rides along with the quota call."""
+        gateway.recorder.DecisionRecorder whose event rides along with the quota call."""
         cap = capability or required_capability(req)
         now = self.clock()
         d = Decision("allow", [], [], cap, org.policy_version, datetime.fromtimestamp(now, timezone.utc))

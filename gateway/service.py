@@ -14,7 +14,7 @@ from typing import Any
 
 from core.clock import isoformat
 from core.tasks import cancel, every
-from gateway.audit import DecisionRecorder
+from gateway.recorder import DecisionRecorder
 from gateway.pipeline import Decision, Pipeline, required_capability
 from gateway.shadow import ShadowRecorder
 from gateway.schemas import EvaluateResponse, ExecuteResponse, GatewayActionRequest, ReasonOut, TraceOut

@@ -104,7 +104,8 @@ async def test_writer_applies_the_quota_status_of_a_stream_entry(backend: str, s
 async def test_decision_recorder_records_exactly_once(settings_factory: Any) -> None:
     """Redis mode: the event goes with the quota script's XADD (simulated here) and ``done``
     adds nothing; a decision without a quota step, or the embedded mode: ``done`` records."""
-    from gateway.audit import STREAM, DecisionRecorder
+    from gateway.audit import STREAM
+    from gateway.recorder import DecisionRecorder
 
     async with running_sink(settings_factory()) as (runtime, sink):
         d = _Decision()
