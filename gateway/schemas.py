@@ -10,9 +10,11 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from core.ids import UapkId
+
 # The manifest grammar of agent ids (anchored with \A...\Z: "$" would accept a trailing
 # newline): look-alikes, zero-width and control characters are 400, not an unknown agent.
-Id = Annotated[str, msgspec.Meta(min_length=1, max_length=63, pattern=r"\A[a-z0-9][a-z0-9-]{1,62}\Z")]
+Id = UapkId  # core/ids.py: the one UAPK-id grammar
 # An agent instance id: visible ASCII only (no spaces, control or zero-width characters).
 AgentId = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"\A[\x21-\x7e]{1,200}\Z")]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
