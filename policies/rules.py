@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from core.errors import FieldIssue, ValidationFailed
+from core.ids import UAPK_ID, UAPK_ID_GRAMMAR
 from core.text import text_issue
 from policies.capabilities import is_valid_pattern, matches
 
@@ -52,7 +53,6 @@ RULE_KEYS = ("id", "subject", "capability", "effect", "conditions", "description
 MAX_RULES = 1000
 
 RULE_ID = re.compile(r"\A[a-z0-9][a-z0-9_.-]{0,62}\Z", re.ASCII)
-UAPK_ID = re.compile(r"\A[a-z0-9][a-z0-9-]{1,62}\Z", re.ASCII)
 TEAM = re.compile(r"\A[^\x00-\x1f\x7f,;|]{1,200}\Z")
 CURRENCY = re.compile(r"\A[A-Z]{3}\Z", re.ASCII)
 JURISDICTION = re.compile(r"\A[A-Z]{2}(?:-[A-Z0-9]{1,3})?\Z", re.ASCII)
@@ -335,8 +335,10 @@ def subject_issue(subject: Any) -> str | None:
     if not sep or kind not in ("agent", "team"):
         return "Unknown subject kind: use agent:<uapk_id>, team:<team> or *."
     if kind == "agent" and not UAPK_ID.match(name):
-        return "agent:<uapk_id> needs a uapk_id of [a-z0-9][a-z0-9-]{1,62}."
-    if kind == "team" and (not TEAM.match(name) or name != name.strip()):
+        return f"agent:<uapk_id> needs a uapk_id of {UAPK_ID_GRAMMAR}."
+    # The team name is shown to people: the one text rule (core/text.py) as well as the
+    # separators of the Casbin line.
+    if kind == "team" and (not TEAM.match(name) or name != name.strip() or text_issue(name) is not None):
         return "team:<team> needs 1-200 characters without control characters, ',', ';' or '|'."
     return None
 
