@@ -110,14 +110,20 @@ class EscalationAudit:
         return self.recorder.quota_entry(d, escalate)
 
 
-def _agent_lock(runtime: Runtime, org_id: str, uapk_id: str) -> asyncio.Lock:
-    # In-process first (cheap, and no pooled connection waits on the database lock), then
-    # the database lock for other processes (store.approvals.lock_agent).
-    locks: dict[tuple[str, str], asyncio.Lock] = runtime.extras.setdefault("approval_locks", {})
-    lock = locks.get((org_id, uapk_id))
-    if lock is None:
-        lock = locks[(org_id, uapk_id)] = asyncio.Lock()
-    return lock
+class AgentLocks:
+    """In-process locks, one per agent (org, uapk_id), held by the Gateway: concurrent
+    escalations of one agent in this process queue here first (cheap, and no pooled connection
+    waits on the database lock), then take the database lock for other processes
+    (store.approvals.lock_agent)."""
+
+    def __init__(self) -> None:
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+    def of(self, org_id: str, uapk_id: str) -> asyncio.Lock:
+        lock = self._locks.get((org_id, uapk_id))
+        if lock is None:
+            lock = self._locks[(org_id, uapk_id)] = asyncio.Lock()
+        return lock
 
 
 async def escalate(
@@ -129,6 +135,7 @@ async def escalate(
     interaction_id: str,
     key_id: str | None,
     record: Callable[[Any], Awaitable[None]],
+    locks: AgentLocks,
 ) -> str | None:
     """The approval of an escalated execute (``d``: the pipeline's Decision, ``req``: the
     GatewayActionRequest). Returns its id, or ``None`` after turning ``d`` into a deny.
@@ -154,7 +161,7 @@ async def escalate(
     cap = runtime.settings.max_pending_approvals
     remaining = d.quota.day_remaining if d.quota is not None else cap
     limit = min(cap, remaining)
-    async with _agent_lock(runtime, org_id, uapk_id):
+    async with locks.of(org_id, uapk_id):
         async with runtime.sessions() as session, session.begin():
             await repo.lock_agent(session, org_id, uapk_id)
             now = utcnow()

@@ -53,8 +53,9 @@ class Gateway:
         self.audit = audit  # gateway.audit.AuditSink: one event per decision
         self.state = GatewayState(runtime, poll_interval=poll_interval)
         self.quotas = quotas or make_quota_backend(runtime)
-        from gateway.approvals import UsedOverrides
+        from gateway.approvals import AgentLocks, UsedOverrides
 
+        self.approval_locks = AgentLocks()  # escalations of one agent, serialized in this process
         self.used_overrides = UsedOverrides()
         runtime.bus.subscribe(self.used_overrides.on_change)
         self.poll_interval = poll_interval
@@ -132,6 +133,7 @@ class Gateway:
             # (else d becomes a deny); records the audit event before its commit.
             approval_id = await escalate(
                 self.runtime, d, req, org_id=org_id, interaction_id=interaction_id, key_id=key_id, record=rec.done,
+                locks=self.approval_locks,
             )
         else:
             if d.override_consumed and d.override is not None:
