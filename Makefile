@@ -33,7 +33,7 @@ PACKAGES    := core httpkit policies audit store gateway api bastion
 SOAK_TESTS  := tests/faults tests/gateway/test_propagation.py tests/policies/test_rollout.py \
                tests/tokens/test_capability_tokens.py
 
-.PHONY: run test test-latest lock migrate bench soak clean venv
+.PHONY: run test lint unit test-latest lock migrate bench soak clean venv
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ required"'
@@ -86,6 +86,14 @@ define run_from_wheel
 	echo "make: running the suite from $$work/tree against the wheel installed in $(WVENV)"; \
 	cd "$$work/tree" && BASTION_TEST_FROM_WHEEL=1 $(1) "$(CURDIR)/$(WBIN)/python" -m pytest -q $(2)
 endef
+
+# The machine-checked rules (README: "Checks"), from the source tree with the wheel venv's
+# tools: the layering contracts (import-linter, [tool.importlinter] in pyproject.toml), ruff,
+# and mypy --strict on the pure packages. A few seconds; `make test` runs it first.
+lint: $(WHEEL_STAMP)
+	PYTHONPATH=$(CURDIR) $(WBIN)/lint-imports --no-cache
+	$(WBIN)/ruff check --no-cache .
+	$(WBIN)/mypy --cache-dir=/dev/null
 
 test: $(WHEEL_STAMP)
 	$(call run_from_wheel,,$(PYTEST_ARGS))

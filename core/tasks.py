@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 
-async def cancel(task: "asyncio.Task[Any] | None") -> None:
+async def cancel(task: asyncio.Task[Any] | None) -> None:
     """Cancel ``task`` and wait for it to end, swallowing its cancellation or failure."""
     if task is None:
         return
@@ -17,7 +18,7 @@ async def cancel(task: "asyncio.Task[Any] | None") -> None:
         pass
 
 
-def every(seconds: float, step: Callable[[], Awaitable[Any]], *, name: str, log: logging.Logger, what: str) -> "asyncio.Task[None]":
+def every(seconds: float, step: Callable[[], Awaitable[Any]], *, name: str, log: logging.Logger, what: str) -> asyncio.Task[None]:
     """Run ``step`` every ``seconds`` until cancelled. A failing step (the database or Redis
     briefly down) is logged and retried at the next tick; it never ends the loop."""
 

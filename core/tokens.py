@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+if TYPE_CHECKING:
+    from jwt.types import Options
 
 SESSION_TYP = "bastion-session+jwt"
 OVERRIDE_TYP = "bastion-override+jwt"
@@ -68,7 +71,7 @@ def verify(
     public = keys.public_key(kid) if isinstance(kid, str) and len(kid) <= 64 else None
     if public is None:
         raise TokenInvalid("invalid", "unknown signing key")
-    options: dict[str, Any] = {"require": list(required)}
+    options: Options = {"require": list(required)}
     try:
         return jwt.decode(
             token,

@@ -34,7 +34,7 @@ def matches(pattern: str, capability: str) -> bool:
     return (p_res == "*" or p_res == c_res) and (p_act == "*" or p_act == c_act)
 
 
-def matches_any(patterns: "list[str] | tuple[str, ...] | frozenset[str]", capability: str) -> bool:
+def matches_any(patterns: list[str] | tuple[str, ...] | frozenset[str], capability: str) -> bool:
     return any(matches(p, capability) for p in patterns)
 
 
@@ -52,5 +52,5 @@ def covers(granting: str, requested: str) -> bool:
     return matches(granting, requested)
 
 
-def covered_by_any(grants: "list[str] | tuple[str, ...]", requested: str) -> bool:
+def covered_by_any(grants: list[str] | tuple[str, ...], requested: str) -> bool:
     return any(covers(g, requested) for g in grants)

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from policies.capabilities import casbin_match, is_valid_pattern
 from policies.rules import EMPTY_INDEX, RuleIndex
@@ -85,8 +86,9 @@ class PatternSet:
     wild: frozenset[str] = frozenset()
 
     @classmethod
-    def of(cls, patterns: Iterable[str]) -> "PatternSet":
-        exact, wild = set(), set()
+    def of(cls, patterns: Iterable[str]) -> PatternSet:
+        exact: set[str] = set()
+        wild: set[str] = set()
         for p in patterns:
             (wild if "*" in p else exact).add(p)
         return cls(frozenset(exact), frozenset(wild))
@@ -157,7 +159,7 @@ class CompiledOrg:
     lines2: tuple[tuple[str, ...], ...] = ()  # p2 lines
     org_deny: PatternSet = field(default=_EMPTY)
     rules: RuleIndex = EMPTY_INDEX  # policy rules: gate and narrow after the grant
-    shadow: "CompiledOrg | None" = None  # the same org with the shadow rules (evaluated, never enforced)
+    shadow: CompiledOrg | None = None  # the same org with the shadow rules (evaluated, never enforced)
 
     def agent(self, uapk_id: str) -> AgentPolicy | None:
         return self.agents.get(uapk_id)

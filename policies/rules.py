@@ -33,15 +33,16 @@ import io
 import math
 import re
 from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from core.errors import FieldIssue, ValidationFailed
 from core.ids import UAPK_ID, UAPK_ID_GRAMMAR
 from core.text import text_issue
-from policies.capabilities import is_valid_pattern, matches
+from policies.capabilities import is_valid_pattern
 
 RULES_MODEL_PATH = Path(__file__).parent / "rules_model.conf"
 EFFECTS = ("deny", "escalate", "allow")
@@ -74,8 +75,8 @@ class RuleContext:
     weekday: int = 0  # 0 = Monday
 
     @classmethod
-    def at(cls, epoch: float, amount: Any = None, currency: Any = None, jurisdiction: Any = None) -> "RuleContext":
-        t = datetime.fromtimestamp(epoch, timezone.utc)
+    def at(cls, epoch: float, amount: Any = None, currency: Any = None, jurisdiction: Any = None) -> RuleContext:
+        t = datetime.fromtimestamp(epoch, UTC)
         amt = float(amount) if isinstance(amount, (int, float)) and not isinstance(amount, bool) else None
         if amt is not None and not math.isfinite(amt):
             amt = None
@@ -84,7 +85,7 @@ class RuleContext:
         return cls(amt, cur, jur, t.hour * 60 + t.minute, t.weekday())
 
     @classmethod
-    def of_request(cls, req: Any, epoch: float) -> "RuleContext":
+    def of_request(cls, req: Any, epoch: float) -> RuleContext:
         """From a gateway request (``GatewayActionRequest``: action.amount/currency,
         counterparty.jurisdiction)."""
         cp = getattr(req, "counterparty", None)
@@ -471,7 +472,7 @@ class RuleIndex:
     digest: str = ""
 
     @classmethod
-    def build(cls, rules: Iterable[Rule], version: int = 0) -> "RuleIndex":
+    def build(cls, rules: Iterable[Rule], version: int = 0) -> RuleIndex:
         import hashlib
         import json
 
@@ -597,7 +598,7 @@ def casbin_verdict(enforcer: Any, uapk_id: str, capability: str, ctx: RuleContex
 def dump_yaml(rules: Iterable[Rule], header: str = "") -> str:
     import yaml
 
-    body = yaml.safe_dump({"rules": [r.to_dict() for r in rules]}, sort_keys=False, allow_unicode=True)
+    body: str = yaml.safe_dump({"rules": [r.to_dict() for r in rules]}, sort_keys=False, allow_unicode=True)
     return (header + body) if header else body
 
 
