@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.canonical import canonical_json, manifest_hash
+from core.ids import UAPK_ID
+from core.text import is_clean, text_issue
 from policies.capabilities import is_valid_pattern
 
 SUPPORTED_VERSION = "1.0"
@@ -36,7 +38,7 @@ MAX_RATE = 10**9
 MAX_ISSUES = 100
 MAX_FIELD_NAME = 64
 
-AGENT_ID = re.compile(r"[a-z0-9][a-z0-9-]{1,62}", re.ASCII)
+AGENT_ID = UAPK_ID  # core/ids.py: the one UAPK-id grammar (anchored)
 AGENT_ID_MESSAGE = "Agent ID must be lowercase alphanumeric with hyphens"
 # Semantic Versioning 2.0.0 (https://semver.org), ASCII only, matched in full.
 SEMVER = re.compile(
@@ -45,7 +47,6 @@ SEMVER = re.compile(
     r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?",
     re.ASCII,
 )
-_INVISIBLE = frozenset("\u200b\u200c\u200d\u200e\u200f\u2060\u2061\u2062\u2063\u2064\ufeff\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 @dataclass(frozen=True)
@@ -75,12 +76,8 @@ class _Collector:
 
 
 def _bad_chars(value: str) -> bool:
-    """Control characters (C0, DEL, C1), invisible/bidi format characters, lone surrogates."""
-    for c in value:
-        o = ord(c)
-        if o < 32 or o == 127 or 0x80 <= o < 0xA0 or c in _INVISIBLE or 0xD800 <= o <= 0xDFFF:
-            return True
-    return False
+    """Characters a person reading the text could be misled by: the one rule, core/text.py."""
+    return not is_clean(value)
 
 
 def _key_name(key: str) -> str:
@@ -109,8 +106,8 @@ def _text(c: _Collector, path: str, value: Any, *, required: bool, max_len: int)
         c.add(path, "Must not be empty.")
     elif len(value) > max_len:
         c.add(path, f"Must be at most {max_len} characters.")
-    elif _bad_chars(value):
-        c.add(path, "Must not contain control or invisible characters.")
+    elif (problem := text_issue(value)) is not None:
+        c.add(path, problem)
 
 
 def _capability_list(c: _Collector, path: str, value: Any, *, limit: int, required: bool) -> None:
