@@ -7,12 +7,13 @@ from __future__ import annotations
 import re
 
 from core.errors import FieldIssue, ValidationFailed
+from core.ids import UAPK_ID
 from core.text import is_clean, text_issue
 
 # \A...\Z, not ^...$: "$" also matches before a trailing newline ("acme\n" would pass).
 EMAIL = re.compile(r"\A[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9.\-]{1,253}\.[A-Za-z]{2,63}\Z", re.ASCII)
-SLUG = re.compile(r"\A[a-z0-9][a-z0-9-]{1,62}\Z", re.ASCII)
-UAPK_ID = re.compile(r"\A[a-z0-9][a-z0-9-]{1,62}\Z", re.ASCII)
+# An organization's slug follows the UAPK-id grammar (lowercase letters, digits, hyphens).
+SLUG = UAPK_ID
 
 
 def has_control_chars(value: str) -> bool:
