@@ -98,6 +98,11 @@ lint: $(WHEEL_STAMP)
 test: $(WHEEL_STAMP)
 	$(call run_from_wheel,,$(PYTEST_ARGS))
 
+# The tests of pure code (tests/unit), with no PostgreSQL and no Redis: the session does not
+# look for them and every connection attempt fails (tests/conftest.py). `make test` runs them too.
+unit: $(TEST_STAMP)
+	BASTION_TEST_NO_SERVICES=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/unit $(PYTEST_ARGS)
+
 # The suite against the newest release of every dependency, in a separate venv (the lock is not
 # touched): run it before `make lock` to see what an upgrade would break.
 test-latest:

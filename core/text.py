@@ -14,7 +14,7 @@ or in a log viewer) must not be able to make the text say something other than w
 * line and paragraph separators (U+2028, U+2029) and lone surrogates.
 
 That is every character of the Unicode categories Cc, Cf, Cs, Zl and Zp (checked against the
-running Python's Unicode database by ``tests/foundation/test_core_text.py``), plus a few invisible
+running Python's Unicode database by ``tests/unit/test_core_text.py``), plus a few invisible
 letters. A field that allows several lines (an approver's notes) may hold LF, CRLF and TAB.
 
 Validation refuses such text with 400 rather than cleaning it up: what was sent is what gets

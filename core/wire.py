@@ -4,7 +4,7 @@ Why not msgspec's messages as they are: they are a library's wording, and they c
 releases ("Invalid UTF-8 encoded string" appeared in msgspec 0.23 where the contract says
 "Body is not valid UTF-8."). A client that matches on ``details[].issue`` must not break when a
 dependency is upgraded, so every decoder failure is translated here into a fixed sentence, and
-``tests/foundation/test_wire.py`` pins one example of every msgspec message form.
+``tests/unit/test_wire.py`` pins one example of every msgspec message form.
 
 Duplicate keys are refused (``{"type": "delete", "type": "read"}``): msgspec, like most parsers,
 keeps the last one, while a proxy in front of Bastion may act on the first; the two would then

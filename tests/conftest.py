@@ -2,6 +2,10 @@
 
 Backends: ``sqlite`` = the embedded default (SQLite file, no Redis); ``postgres`` =
 PostgreSQL + Redis, as in production. API tests take the ``client`` fixture and so run on both.
+
+``tests/unit`` holds the tests of pure code; they need neither service:
+``BASTION_TEST_NO_SERVICES=1 pytest tests/unit`` (``make unit``) runs them with no PostgreSQL or
+Redis checked at start, and any network connection attempt fails the test that makes it.
 """
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import pytest
 import httpx
@@ -54,9 +58,37 @@ def _imported_from_the_wheel() -> None:
         pytest.exit(f"BASTION_TEST_FROM_WHEEL=1, but not imported from {site}: {elsewhere}", returncode=3)
 
 
+NO_SERVICES = os.environ.get("BASTION_TEST_NO_SERVICES") == "1"
+
+
+class ServiceConnectionRefused(RuntimeError):
+    """A test run under BASTION_TEST_NO_SERVICES=1 tried to open a network connection."""
+
+
+def refuse_connections() -> Callable[[], None]:
+    """From now on every socket connect (blocking, non-blocking and asyncio's, which calls
+    ``connect`` on the socket) raises: a unit test that reaches for PostgreSQL or Redis fails
+    loudly instead of passing because the services happen to run on this machine. Returns the
+    undo (the session-wide guard is never undone)."""
+    def refuse(sock: socket.socket, address: Any) -> Any:
+        raise ServiceConnectionRefused(f"BASTION_TEST_NO_SERVICES=1: connection to {address!r} attempted")
+
+    saved = socket.socket.connect, socket.socket.connect_ex
+    socket.socket.connect = refuse  # type: ignore[method-assign]
+    socket.socket.connect_ex = refuse  # type: ignore[method-assign]
+
+    def undo() -> None:
+        socket.socket.connect, socket.socket.connect_ex = saved  # type: ignore[method-assign]
+
+    return undo
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     if os.environ.get("BASTION_TEST_FROM_WHEEL") == "1":
         _imported_from_the_wheel()
+    if NO_SERVICES:
+        refuse_connections()
+        return
     missing = [name for name, (h, p) in {"PostgreSQL": (PG_HOST, PG_PORT), "Redis": (REDIS_HOST, REDIS_PORT)}.items() if not _reachable(h, p)]
     if missing:
         msg = f"{' and '.join(missing)} unreachable on 127.0.0.1 (needed by the suite)"
