@@ -11,7 +11,7 @@ from api.validation import EMAIL, SLUG, UAPK_ID, Checker
 from core.clock import isoformat, utcnow
 from core.errors import AuthenticationRequired, Conflict, NotFound, PermissionDenied, RateLimited
 from core.tokens import SESSION_TYP, sign
-from gateway.audit import record_change
+from audit.changes import record_change
 from httpkit.auth import SESSION_AUDIENCE, Caller, admit, current_principal, limit_credential, require_credentials
 from httpkit.openapi import NO_BODY, declared_body
 from httpkit.pagination import Page, pagination

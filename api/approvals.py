@@ -125,7 +125,7 @@ async def _four_eyes(runtime: Runtime, caller: Caller, approval: Approval) -> No
 
 
 async def _audit(request: Request[Any, Any, Any], caller: Caller, kind: str, approval: Approval, extra: dict[str, Any]) -> None:
-    from gateway.audit import record_change
+    from audit.changes import record_change
 
     details = {"approval_id": approval.id, **{k: v for k, v in extra.items() if v is not None}}
     await record_change(

@@ -4,14 +4,19 @@ All endpoints need ``audit:read`` (viewer and above); the export is in the heavy
 """
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Annotated, Any, AsyncIterator, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Controller, Request, get
 from litestar.params import Parameter
 from litestar.response import Stream
 
+from audit.chain import ZERO_HASH, event_body
+from audit.checkpoint import Coverage
+from audit.event import format_ts, parse_ts
+from audit.export import EXPORT_FORMAT, export_line
 from core.clock import isoformat, utcnow
 from core.errors import FieldIssue, NotFound, ValidationFailed
 from httpkit.auth import admit, require_credentials
@@ -72,12 +77,12 @@ def _runtime(request: Request[Any, Any, Any]) -> Runtime:
     return request.app.state.runtime  # type: ignore[no-any-return]
 
 
-def _coverage(request: Request[Any, Any, Any]) -> repo.Coverage:
-    """The checkpoint rule the audit writer keeps (store/audit.py)."""
+def _coverage(request: Request[Any, Any, Any]) -> Coverage:
+    """The checkpoint rule the audit writer keeps (store/audit_writer.py)."""
     sink = getattr(request.app.state, "audit", None)
     if sink is not None:
         return sink.coverage  # type: ignore[no-any-return]
-    return repo.Coverage(_runtime(request).settings.audit_checkpoint_every)
+    return Coverage(_runtime(request).settings.audit_checkpoint_every)
 
 
 def _event_out(row: Any) -> AuditEventOut:
@@ -89,7 +94,7 @@ def _time_param(query: Any, name: str, issues: list[FieldIssue]) -> datetime | N
     if raw is None:
         return None
     try:
-        return repo.parse_ts(str(raw))
+        return parse_ts(str(raw))
     except ValueError:
         issues.append(FieldIssue(name, "Must be an RFC 3339 date-time with an offset, e.g. 2026-01-31T12:00:00Z."))
         return None
@@ -173,7 +178,7 @@ class AuditController(Controller):
         signed = await repo.checkpoint_now(runtime.sessions, org_id, runtime.keys, settings.issuer, coverage)
         start, end, cps, head = await _export_range(runtime, org_id, since, until, signed)
         header = {
-            "type": "header", "format": repo.EXPORT_FORMAT, "org_id": org_id, "issuer": settings.issuer,
+            "type": "header", "format": EXPORT_FORMAT, "org_id": org_id, "issuer": settings.issuer,
             "exported_at": isoformat(utcnow()),
             "from": isoformat(since), "to": isoformat(until),
             "hash": "sha256(prev_hash_bytes || JCS(event)); genesis prev = 32 zero bytes",
@@ -182,9 +187,9 @@ class AuditController(Controller):
         }
 
         async def lines() -> AsyncIterator[bytes]:
-            yield repo.export_line(header)
+            yield export_line(header)
             for cp in cps:
-                yield repo.export_line({"type": "checkpoint", "seq": cp.seq, "hash": cp.hash, "anchor": cp.anchor,
+                yield export_line({"type": "checkpoint", "seq": cp.seq, "hash": cp.hash, "anchor": cp.anchor,
                                         "kid": cp.kid, "signed_at": isoformat(cp.created_at), "token": cp.token})
             count = 0
             last = start - 1
@@ -192,8 +197,8 @@ class AuditController(Controller):
                 async for row in repo.iter_events(runtime.sessions, org_id, start, end):
                     count += 1
                     last = row.seq
-                    yield repo.export_line({"type": "event", "seq": row.seq, "hash": row.hash, "event": repo.event_body(row)})
-            yield repo.export_line({"type": "end", "last_seq": last, "events": count, "complete": until is None,
+                    yield export_line({"type": "event", "seq": row.seq, "hash": row.hash, "event": event_body(row)})
+            yield export_line({"type": "end", "last_seq": last, "events": count, "complete": until is None,
                                     "head_seq": head[0], "head_hash": head[1]})
 
         name = f"audit-{org_id}-{utcnow().strftime('%Y%m%dT%H%M%SZ')}.jsonl"
@@ -214,21 +219,21 @@ async def _export_range(
 
     async with runtime.sessions() as session:
         head = await repo.get_head(session, org_id)
-        head_seq, head_hash = (head.seq, head.hash) if head is not None else (0, repo.ZERO_HASH)
+        head_seq, head_hash = (head.seq, head.hash) if head is not None else (0, ZERO_HASH)
         cps = await repo.load_checkpoints(session, org_id)
         oldest = (await session.execute(select(func.min(AuditEvent.seq)).where(AuditEvent.org_id == org_id))).scalar()
         oldest = int(oldest) if oldest is not None else head_seq + 1
         start = oldest
         if since is not None:
             first = (await session.execute(select(func.min(AuditEvent.seq)).where(
-                AuditEvent.org_id == org_id, AuditEvent.created_at >= repo.format_ts(since)))).scalar()
+                AuditEvent.org_id == org_id, AuditEvent.created_at >= format_ts(since)))).scalar()
             first = int(first) if first is not None else head_seq + 1
             before = [c.seq for c in cps if c.seq <= first - 1 and c.seq >= oldest - 1]
             start = max(before) + 1 if before else oldest
         end = min(head_seq, signed)
         if until is not None:
             last = (await session.execute(select(func.max(AuditEvent.seq)).where(
-                AuditEvent.org_id == org_id, AuditEvent.created_at <= repo.format_ts(until)))).scalar()
+                AuditEvent.org_id == org_id, AuditEvent.created_at <= format_ts(until)))).scalar()
             end = min(int(last), signed) if last is not None else start - 1
             end = max(end, start - 1)
     keep = [c for c in cps if start - 1 <= c.seq <= end]

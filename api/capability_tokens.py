@@ -16,7 +16,7 @@ from httpkit.openapi import NO_BODY, declared_body
 from httpkit.pagination import Page, pagination
 from store import captokens as repo
 from store.models import CapabilityToken
-from gateway.audit import record_change
+from audit.changes import record_change
 
 
 class TokenMeta(msgspec.Struct):

@@ -12,7 +12,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from core.clock import isoformat, utcnow
 from core.errors import Conflict, FieldIssue, NotFound, Unprocessable, ValidationFailed
-from gateway.audit import record_change
+from audit.changes import record_change
 from httpkit.auth import Caller, admit
 from httpkit.openapi import declared_body, request_body
 from httpkit.pagination import Page, pagination

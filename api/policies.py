@@ -224,7 +224,7 @@ async def _compiled(request: Request[Any, Any, Any], org_id: str) -> Any:
 
 def _audit(request: Request[Any, Any, Any], caller: Any, org_id: str) -> Any:
     """The audit-trail hook the store calls inside each change's transaction."""
-    from gateway.audit import record_change
+    from audit.changes import record_change
 
     async def hook(kind: str, details: dict[str, Any], _session: Any) -> None:
         await record_change(request, caller, kind, org_id=org_id, details=details)

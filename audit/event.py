@@ -176,3 +176,13 @@ def normalize(event: AuditEvent | Mapping[str, Any]) -> dict[str, Any]:
         # with the time it reaches the writer.
         out["created_at"] = format_ts(utcnow())
     return out
+
+
+def as_event(value: AuditEvent | Mapping[str, Any]) -> AuditEvent:
+    """``value`` as an :class:`AuditEvent`; a mapping (a producer that amends its event as a
+    dict) is taken in its stored form (:func:`normalize`), so nothing unhashable gets in."""
+    if isinstance(value, AuditEvent):
+        return value
+    fields = normalize(value)
+    fields.pop("seq", None)
+    return AuditEvent(**fields)

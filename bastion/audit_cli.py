@@ -53,7 +53,8 @@ def load_jwks(source: str) -> dict[str, Ed25519PublicKey]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from store.audit import verify_export
+    # The pure verifier only: no database library is needed (or imported) to check an export.
+    from audit.export import verify_export
 
     try:
         keys = load_jwks(args.jwks)

@@ -158,7 +158,7 @@ def cmd_export(args: argparse.Namespace, settings_loader: Any) -> int:
 def _cli_audit(runtime: Any, org_id: str, author: str) -> Any:
     """Without a server there is no audit writer: append the change's event to the org's chain
     directly, in the change's own transaction (the chain's head row serializes writers)."""
-    from gateway.audit import build_event
+    from audit.event import build_event
     from store import audit as audit_repo
 
     async def hook(kind: str, details: dict[str, Any], session: Any) -> None:

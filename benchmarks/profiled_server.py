@@ -40,7 +40,7 @@ BUCKETS = (
     ("Redis quota call", "_run", "store/quotas.py"),
     ("response send", "send_wrapper", "httpkit/context.py"),
     ("access log line", "info", "logging/__init__.py"),
-    ("audit writer (background)", "_run", "gateway/audit.py"),
+    ("audit writer (background)", "_run", "store/audit_writer.py"),
     ("canonical JSON (rfc8785), anywhere", "dumps", "rfc8785/_impl.py"),
 )
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from gateway.audit import AuditSink, _reason, build_decision_event, encode, stream_key
+from audit.decision import build_decision_event
+from audit.event import reason_dict as _reason
+from audit.stream import encode, stream_key
+from store.audit_writer import AuditSink
 
 
 class DecisionRecorder:

@@ -15,7 +15,7 @@ from litestar.exceptions import HTTPException
 
 from core.errors import AuthenticationRequired, PermissionDenied, RateLimited
 from core.settings import Settings
-from gateway.audit import actor_of, request_id_of
+from audit.changes import actor_of, request_id_of
 from gateway.schemas import EvaluateResponse, ExecuteResponse, GatewayActionRequest
 from gateway.service import Gateway, ratelimit_headers
 from httpkit.auth import Principal, authenticator

@@ -16,7 +16,7 @@ from httpkit.auth import current_principal
 from policies.capabilities import is_concrete, matches_any
 from store import captokens as repo
 from store.runtime import Runtime
-from gateway.audit import record_change
+from audit.changes import record_change
 
 
 class TokenRequest(msgspec.Struct, forbid_unknown_fields=True):

@@ -1,17 +1,20 @@
 """Audit test helpers: a Runtime with a sink, events, direct table access."""
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import Any
 
 from sqlalchemy import select
 
-from gateway.audit import AuditSink, build_event
-from store.models import AuditCheckpoint, AuditEvent
+from audit.event import AuditEvent, build_event
+from store.audit_writer import AuditSink
+from store.models import AuditCheckpoint
+from store.models import AuditEvent as AuditRow
 from store.runtime import Runtime
 
 
-def event(org_id: str, n: int = 0, **kw: Any) -> dict[str, Any]:
+def event(org_id: str, n: int = 0, **kw: Any) -> AuditEvent:
     values: dict[str, Any] = dict(
         org_id=org_id, kind="test.event", actor="api_key:k1", uapk_id="bot", agent_id="a-1",
         capability="crm:read", decision="allow", reasons=[{"code": "all_checks_passed"}],
@@ -37,9 +40,9 @@ async def running_sink(settings: Any, **kw: Any) -> AsyncIterator[tuple[Runtime,
         await runtime.engine.dispose()
 
 
-async def rows(runtime: Runtime, org_id: str) -> list[AuditEvent]:
+async def rows(runtime: Runtime, org_id: str) -> list[AuditRow]:
     async with runtime.sessions() as s:
-        return list((await s.execute(select(AuditEvent).where(AuditEvent.org_id == org_id).order_by(AuditEvent.seq))).scalars())
+        return list((await s.execute(select(AuditRow).where(AuditRow.org_id == org_id).order_by(AuditRow.seq))).scalars())
 
 
 async def checkpoints(runtime: Runtime, org_id: str) -> list[AuditCheckpoint]:

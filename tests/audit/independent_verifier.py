@@ -26,8 +26,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import rfc8785
 from cryptography.exceptions import InvalidSignature

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC
 from typing import Any
 
-from gateway.audit import build_event
-from store import audit as repo
+from audit.event import build_event
+from audit.export import verify_export
 from tests.conftest import assert_error, make_key
 
 
@@ -49,9 +50,9 @@ async def test_list_filter_get_and_paginate(client: Any, org: Any) -> None:
 
 
 async def test_time_window_filter(client: Any, org: Any) -> None:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    old = datetime(2020, 1, 1, tzinfo=timezone.utc)
+    old = datetime(2020, 1, 1, tzinfo=UTC)
     await _record(client, org.org_id, 1, created_at=old, request_id="old")
     await _record(client, org.org_id, 1, request_id="new")
     base = f"/api/v1/orgs/{org.org_id}/audit/events"
@@ -96,6 +97,6 @@ async def test_export_is_jsonl_and_verifies(client: Any, org: Any) -> None:
     events = [x for x in lines if x["type"] == "event"]
     assert [x["seq"] for x in events] == list(range(1, len(events) + 1))
     keys = client.app.state.runtime.keys
-    result = repo.verify_export(r.text.splitlines(), keys.public_key)
+    result = verify_export(r.text.splitlines(), keys.public_key)
     assert result.valid, result
     assert result.checked == len(events)

@@ -15,6 +15,10 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from audit.chain import ZERO_HASH, chain_hash, event_body
+from audit.checkpoint import verify_checkpoint
+from audit.event import normalize
+from audit.export import verify_export
 from store import audit as repo
 from store.runtime import Runtime
 from tests.audit import independent_verifier as third_party
@@ -80,10 +84,10 @@ def _vector_export() -> list[str]:
 
 
 def test_chain_hashes_of_the_vectors() -> None:
-    prev = repo.ZERO_HASH
+    prev = ZERO_HASH
     for event, expected in zip(EVENTS, HASHES):
-        assert repo.event_body(event) == event  # every documented field, nothing else
-        prev = repo.chain_hash(prev, event)
+        assert event_body(event) == event  # every documented field, nothing else
+        prev = chain_hash(prev, event)
         assert prev == expected, event["seq"]
     # The independent implementation agrees link by link.
     prev = third_party.GENESIS
@@ -94,13 +98,13 @@ def test_chain_hashes_of_the_vectors() -> None:
 
 def test_checkpoint_vector_verifies_with_both_verifiers() -> None:
     public = Ed25519PrivateKey.from_private_bytes(bytes(range(32))).public_key()
-    claims = repo.verify_checkpoint(CHECKPOINT, {KID: public}.get, ORG)
+    claims = verify_checkpoint(CHECKPOINT, {KID: public}.get, ORG)
     assert (claims["seq"], claims["hash"], claims["anchor"], claims["kid"]) == (3, HASHES[2], False, KID)
     assert claims["aud"] == "bastion-audit" and claims["sub"] == ORG and claims["iss"] == "bastion"
     assert third_party.checkpoint_claims(CHECKPOINT, third_party.jwks_keys(JWKS), ORG)["hash"] == HASHES[2]
 
     export = _vector_export()
-    ours = repo.verify_export(export, {KID: public}.get)
+    ours = verify_export(export, {KID: public}.get)
     assert ours.valid and ours.checked == 3 and ours.last_seq == 3, ours
     theirs = third_party.verify_export(export, JWKS)
     assert theirs.valid and theirs.checked == 3, theirs
@@ -118,7 +122,7 @@ def test_tampered_vectors_are_refused_by_both_verifiers() -> None:
             del lines[4]  # the newest event, under a signed checkpoint
             lines[-1].update(last_seq=2, events=2, head_seq=2, head_hash=HASHES[1])
         text = [json.dumps(x) for x in lines]
-        assert not repo.verify_export(text, {KID: public}.get).valid, tamper
+        assert not verify_export(text, {KID: public}.get).valid, tamper
         assert not third_party.verify_export(text, JWKS).valid, tamper
 
 
@@ -128,14 +132,14 @@ async def test_the_writer_stores_the_vector_hashes(settings: Any) -> None:
     try:
         incoming = [{k: v for k, v in e.items() if k != "seq"} for e in copy.deepcopy(EVENTS)]
         async with runtime.sessions() as session, session.begin():
-            n = await repo.append_events(session, ORG, [repo.normalize(e) for e in incoming],
+            n = await repo.append_events(session, ORG, [normalize(e) for e in incoming],
                                          keys=runtime.keys, issuer="bastion", checkpoint_every=3)
         assert n == 3
         stored = [row async for row in repo.iter_events(runtime.sessions, ORG)]
         async with runtime.sessions() as session:
             head = await repo.get_head(session, ORG)
         assert [r.hash for r in stored] == HASHES
-        assert [repo.event_body(r) for r in stored] == EVENTS
+        assert [event_body(r) for r in stored] == EVENTS
         assert head is not None and (head.seq, head.hash) == (3, HASHES[2])
         assert (await repo.verify_org(runtime.sessions, ORG, runtime.keys)).valid
     finally:
@@ -179,7 +183,7 @@ async def test_the_independent_verifier_accepts_a_real_export(client: Any, org: 
     assert {"manifest.registered", "manifest.approve", "api_key.created", "gateway.execute", "approval.approved"} <= kinds
     theirs = third_party.verify_export(lines, jwks)
     assert theirs.valid and theirs.checked == len(events) >= 7, theirs
-    assert repo.verify_export(lines, client.app.state.runtime.keys.public_key).valid
+    assert verify_export(lines, client.app.state.runtime.keys.public_key).valid
 
     # The same verifier refuses the export once any event is altered (its hash left as it was).
     for i in (0, len(events) // 2, len(events) - 1):

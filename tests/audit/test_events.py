@@ -7,7 +7,9 @@ from typing import Any
 
 import pytest
 
-from gateway.audit import FIELD, build_decision_event, encode, finalize
+from audit.decision import build_decision_event
+from audit.stream import FIELD, encode
+from store.audit_writer import finalize
 from store import audit as repo
 from tests.audit.helpers import rows, running_sink
 
@@ -86,7 +88,7 @@ def test_finalize_turns_a_quota_status_into_the_denial(status: int, code: str, w
 
 @pytest.mark.parametrize("backend", ["postgres"])  # one backend is what this tests
 async def test_writer_applies_the_quota_status_of_a_stream_entry(backend: str, settings_factory: Any) -> None:
-    from gateway.audit import GROUP, STREAM
+    from audit.stream import GROUP, STREAM
 
     async with running_sink(settings_factory()) as (runtime, sink):
         e = build_decision_event(_Decision(), org_id="o9", kind="gateway.execute", req=_Req(), actor="api_key:k",
@@ -104,7 +106,7 @@ async def test_writer_applies_the_quota_status_of_a_stream_entry(backend: str, s
 async def test_decision_recorder_records_exactly_once(settings_factory: Any) -> None:
     """Redis mode: the event goes with the quota script's XADD (simulated here) and ``done``
     adds nothing; a decision without a quota step, or the embedded mode: ``done`` records."""
-    from gateway.audit import STREAM
+    from audit.stream import STREAM
     from gateway.recorder import DecisionRecorder
 
     async with running_sink(settings_factory()) as (runtime, sink):

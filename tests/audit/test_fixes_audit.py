@@ -9,16 +9,21 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import pytest
 from sqlalchemy import delete, update
 
+from audit.chain import ZERO_HASH, chain_hash, event_body
+from audit.checkpoint import verify_checkpoint
+from audit.event import build_event, normalize, params_digest, parse_ts
+from audit.export import verify_export
+from audit.verify import VerifyResult
 from bastion.app import create_app
 from core.clock import utcnow
-from gateway.audit import build_event
 from store import audit as repo
 from store.models import AuditCheckpoint, AuditEvent, AuditHead
 from tests.audit.helpers import checkpoints, event, rows, running_sink
@@ -67,10 +72,10 @@ async def _rewrite_history(client: Any, org: Org, seq: int, *, resign: bool = Fa
     await _exec(client, update(AuditEvent).where(AuditEvent.org_id == org.org_id, AuditEvent.seq == seq)
                 .values(decision="deny"))
     stored = await rows(client.app.state.runtime, org.org_id)
-    prev = stored[seq - 2].hash if seq > 1 else repo.ZERO_HASH
+    prev = stored[seq - 2].hash if seq > 1 else ZERO_HASH
     stmts: list[Any] = []
     for r in stored[seq - 1:]:
-        prev = repo.chain_hash(prev, repo.event_body(r))
+        prev = chain_hash(prev, event_body(r))
         stmts.append(update(AuditEvent).where(AuditEvent.id == r.id).values(hash=prev))
     stmts.append(update(AuditHead).where(AuditHead.org_id == org.org_id).values(seq=stored[-1].seq, hash=prev))
     stmts.append(delete(AuditCheckpoint).where(AuditCheckpoint.org_id == org.org_id, AuditCheckpoint.seq >= seq))
@@ -78,7 +83,7 @@ async def _rewrite_history(client: Any, org: Org, seq: int, *, resign: bool = Fa
     if resign:
         kept = [c.seq for c in await checkpoints(client.app.state.runtime, org.org_id)]
         await _exec(client, update(AuditHead).where(AuditHead.org_id == org.org_id).values(
-            checkpoint_seq=max(kept, default=0), checkpoint_at=datetime(2000, 1, 1, tzinfo=timezone.utc)))
+            checkpoint_seq=max(kept, default=0), checkpoint_at=datetime(2000, 1, 1, tzinfo=UTC)))
 
 
 async def _verify(client: Any, org: Org) -> dict[str, Any]:
@@ -93,8 +98,8 @@ async def _export(client: Any, org: Org, **params: str) -> list[str]:
     return r.text.splitlines()
 
 
-def _offline(client: Any, lines: list[str]) -> repo.VerifyResult:
-    return repo.verify_export(lines, client.app.state.runtime.keys.public_key)
+def _offline(client: Any, lines: list[str]) -> VerifyResult:
+    return verify_export(lines, client.app.state.runtime.keys.public_key)
 
 
 async def _cli_verify(client: Any, lines: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
@@ -203,7 +208,7 @@ async def test_late_and_out_of_order_events_keep_the_chain_verifiable(every10: A
     stored = await rows(client.app.state.runtime, org.org_id)
     bounds = [0, *cps]
     for lo, hi in zip(bounds, bounds[1:]):
-        times_in = [repo.parse_ts(r.created_at) for r in stored[lo:hi]]
+        times_in = [parse_ts(r.created_at) for r in stored[lo:hi]]
         assert hi - lo <= 10 and (max(times_in) - min(times_in)).total_seconds() <= 60
 
 
@@ -264,7 +269,7 @@ async def test_checkpoints_state_their_rule_and_verification_follows_it(settings
             await sink.record(event("org-rule", i))
         await sink.flush()
         cps = await checkpoints(runtime, "org-rule")
-        claims = repo.verify_checkpoint(cps[0].token, runtime.keys.public_key, "org-rule")
+        claims = verify_checkpoint(cps[0].token, runtime.keys.public_key, "org-rule")
         assert (claims["every"], claims["interval"]) == (5, sink.checkpoint_age)
         assert (await repo.verify_org(runtime.sessions, "org-rule", runtime.keys, every=3)).valid
         await _exec_rt(runtime, delete(AuditCheckpoint).where(AuditCheckpoint.seq == 5))
@@ -309,7 +314,7 @@ async def test_shadow_diffs_store_params_only_when_the_audit_does(settings_facto
             assert stored["params"] == params
         else:
             assert "params" not in stored and "alice@example.com" not in r.text
-            assert stored["params_hash"] == repo.params_digest(params)
+            assert stored["params_hash"] == params_digest(params)
             # The same digest as the decision's audit event, so the two can be matched.
             await client.app.state.audit.flush()
             events = (await client.get(f"/api/v1/orgs/{org.org_id}/audit/events",
@@ -322,19 +327,22 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _recorded_kinds() -> set[str]:
-    """Event kinds the code records: literal kinds handed to record_change, the policy store's
-    kinds (returned to its audit hook), and the bootstrap's."""
+    """Event kinds the code records: literal kinds handed to record_change or to a change
+    context's ``record`` (audit/changes.py), the policy store's kinds (returned to its audit
+    hook), and the bootstrap's."""
+    import importlib
+    import importlib.util
     import re
 
-    import importlib
-
     kinds: set[str] = set()
-    for package in ("api", "gateway", "store", "bastion"):
+    packages = [p for p in ("api", "gateway", "store", "bastion", "services", "audit") if importlib.util.find_spec(p)]
+    for package in packages:
         # The installed package's files (make test runs against a wheel, from a tree without them).
         folder = Path(importlib.import_module(package).__file__ or "").parent
         for path in folder.glob("*.py"):
             text = path.read_text(encoding="utf-8")
             kinds.update(re.findall(r'record_change\(\s*\w+,\s*\w+,\s*"([a-z_]+\.[a-z_]+)"', text))
+            kinds.update(re.findall(r'\.record\(\s*"([a-z_]+\.[a-z_]+)"', text))
             if path.name in ("policy_rules.py", "bootstrap.py"):
                 kinds.update(re.findall(r'"((?:policy|org|member|api_key)\.[a-z_]+)"', text))
     return kinds
@@ -342,7 +350,8 @@ def _recorded_kinds() -> set[str]:
 
 def test_every_recorded_kind_is_documented() -> None:
     kinds = _recorded_kinds()
-    assert {"policy.replaced", "policy.rule_added", "api_key.created"} <= kinds  # the scan works
+    assert {"policy.replaced", "policy.rule_added", "api_key.created",  # the scan works
+            "capability_token.issued", "capability_token.revoked"} <= kinds
     audit_doc = (ROOT / "docs" / "audit.md").read_text(encoding="utf-8")
     assert sorted(k for k in kinds if f"`{k}`" not in audit_doc) == []
     # docs/policies.md lists the policy kinds, CLI imports included.
@@ -435,7 +444,10 @@ async def test_bootstrap_that_cannot_be_audited_creates_nothing(settings: Any, m
 def test_created_at_is_stored_in_its_fixed_width_form() -> None:
     """The writer orders an open stretch's creation times by their stored text."""
     e = event("o1", 1)
-    e["created_at"] = "2026-11-23T12:09:40+01:00"
-    assert repo.normalize(e)["created_at"] == "2026-11-23T11:09:40.000000Z"
-    e["created_at"] = "yesterday"
-    assert repo.parse_ts(repo.normalize(e)["created_at"]) <= utcnow()
+    e.created_at = "2026-11-23T12:09:40+01:00"
+    assert normalize(e)["created_at"] == "2026-11-23T11:09:40.000000Z"
+    e.created_at = "yesterday"
+    assert parse_ts(normalize(e)["created_at"]) <= utcnow()
+    # A producer's dict (what the writer decodes from a stream entry) is normalized the same way.
+    assert normalize(dict(e.to_dict(), created_at="2026-11-23T12:09:40+01:00"))["created_at"] == \
+        "2026-11-23T11:09:40.000000Z"

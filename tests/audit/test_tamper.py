@@ -5,15 +5,20 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import pytest
 from sqlalchemy import delete, update
 
+from audit.chain import ZERO_HASH, chain_hash, event_body
+from audit.checkpoint import sign_checkpoint
+from audit.event import build_event, format_ts
+from audit.export import verify_export
+from audit.verify import VerifyResult
 from bastion.app import create_app
-from gateway.audit import build_event
 from store import audit as repo
 from store.models import AuditCheckpoint, AuditEvent, AuditHead
 from tests.conftest import Org, bootstrap_org, serve_app
@@ -52,8 +57,8 @@ async def _export(client: Any, org: Org, **params: str) -> list[str]:
     return r.text.splitlines()
 
 
-def _offline(client: Any, lines: list[str]) -> repo.VerifyResult:
-    return repo.verify_export(lines, client.app.state.runtime.keys.public_key)
+def _offline(client: Any, lines: list[str]) -> VerifyResult:
+    return verify_export(lines, client.app.state.runtime.keys.public_key)
 
 
 async def _rows(client: Any, org: Org) -> list[AuditEvent]:
@@ -72,11 +77,11 @@ async def _rehash_from(client: Any, org: Org, seq: int) -> None:
     """What an attacker with database access (but not the signing key) would do to hide an
     edit: recompute every hash from ``seq`` on and move the head."""
     rows = await _rows(client, org)
-    prev = repo.ZERO_HASH
+    prev = ZERO_HASH
     stmts = []
     for r in rows:
         if r.seq >= seq:
-            h = repo.chain_hash(prev, repo.event_body(r))
+            h = chain_hash(prev, event_body(r))
             stmts.append(update(AuditEvent).where(AuditEvent.id == r.id).values(hash=h))
             prev = h
         else:
@@ -262,9 +267,9 @@ async def test_retention_prune_keeps_the_chain_verifiable(chain: Any) -> None:
     runtime = client.app.state.runtime
     rows = await _rows(client, org)
     # Backdate the first 12 events (as if written long ago) and re-hash, as a clean setup.
-    old = datetime(2020, 1, 1, tzinfo=timezone.utc)
+    old = datetime(2020, 1, 1, tzinfo=UTC)
     await _exec(client, *[update(AuditEvent).where(AuditEvent.id == r.id).values(
-        created_at=repo.format_ts(old + timedelta(seconds=r.seq))) for r in rows[:12]])
+        created_at=format_ts(old + timedelta(seconds=r.seq))) for r in rows[:12]])
     await _rehash_from(client, org, 1)
     await _exec(client, delete(AuditCheckpoint).where(AuditCheckpoint.org_id == org.org_id))
     # Sign again as the writer would have: every 10 events, and the old events (long before
@@ -273,8 +278,8 @@ async def test_retention_prune_keeps_the_chain_verifiable(chain: Any) -> None:
     for seq in (10, 12, 22):
         await _exec(client, AuditCheckpoint.__table__.insert().values(
             org_id=org.org_id, seq=seq, hash=rows[seq - 1].hash, anchor=False, kid=runtime.keys.signing_key.kid,
-            token=repo.sign_checkpoint(runtime.keys, "bastion", org.org_id, seq, rows[seq - 1].hash),
-            created_at=datetime.now(timezone.utc)))
+            token=sign_checkpoint(runtime.keys, "bastion", org.org_id, seq, rows[seq - 1].hash),
+            created_at=datetime.now(UTC)))
     await _exec(client, update(AuditHead).where(AuditHead.org_id == org.org_id).values(checkpoint_seq=22))
     await repo.checkpoint_now(runtime.sessions, org.org_id, runtime.keys, "bastion")
     assert (await _verify(client, org))["valid"]
@@ -340,7 +345,7 @@ async def test_cli_fetches_the_jwks_by_url(chain: Any, tmp_path: Path) -> None:
     jwks_body = (await client.get("/.well-known/jwks.json")).content
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.end_headers()

@@ -6,6 +6,9 @@ from typing import Any
 
 import pytest
 
+from audit.chain import ZERO_HASH, chain_hash, event_body
+from audit.checkpoint import verify_checkpoint
+from audit.event import params_digest
 from core.errors import ServiceUnavailable
 from store import audit as repo
 from tests.audit.helpers import checkpoints, event, rows, running_sink
@@ -21,9 +24,9 @@ async def test_events_are_written_once_in_order_with_a_valid_chain(settings_fact
         stored = await rows(runtime, ORG)
         assert [r.seq for r in stored] == [1, 2, 3, 4, 5]
         assert [r.request_id for r in stored] == [f"req-{i}" for i in range(5)]
-        prev = repo.ZERO_HASH
+        prev = ZERO_HASH
         for r in stored:
-            assert r.hash == repo.chain_hash(prev, repo.event_body(r))
+            assert r.hash == chain_hash(prev, event_body(r))
             prev = r.hash
         result = await repo.verify_org(runtime.sessions, ORG, runtime.keys)
         assert result.valid and result.checked == 5, result
@@ -35,7 +38,7 @@ async def test_params_only_hashed_by_default(settings_factory: Any) -> None:
         await sink.flush()
         (r,) = await rows(runtime, ORG)
         assert r.params is None
-        assert r.params_hash == repo.params_digest({"to": "a@b.c"})
+        assert r.params_hash == params_digest({"to": "a@b.c"})
     async with running_sink(settings_factory(audit_include_params=True)) as (runtime, sink):
         await sink.record(event(ORG, 2, params={"to": "a@b.c"}, include_params=sink.include_params))
         await sink.flush()
@@ -96,7 +99,7 @@ async def test_time_based_checkpoint_while_active(settings_factory: Any) -> None
                 break
             await asyncio.sleep(0.02)
         assert cps and cps[-1].seq == 3
-        claims = repo.verify_checkpoint(cps[-1].token, runtime.keys.public_key, ORG)
+        claims = verify_checkpoint(cps[-1].token, runtime.keys.public_key, ORG)
         assert claims["hash"] == (await rows(runtime, ORG))[-1].hash
 
 
@@ -121,16 +124,18 @@ async def test_record_fails_closed_when_it_cannot_queue(settings_factory: Any) -
 @pytest.mark.parametrize("backend", ["postgres"])  # one backend is what this tests
 async def test_record_fails_closed_when_redis_is_unreachable(backend: str, settings_factory: Any) -> None:
     async with running_sink(settings_factory()) as (runtime, sink):
+        from audit.sink import sink_class
         from store.runtime import make_redis
 
-        real = sink._writer_redis
-        sink._writer_redis = make_redis("redis://127.0.0.1:1/0")
+        # The process's Redis stream sink, on a Redis nobody listens on.
+        real, unreachable = sink._sink, make_redis("redis://127.0.0.1:1/0")
+        sink._sink = sink_class("redis")(unreachable)
         try:
             with pytest.raises(ServiceUnavailable):
                 await sink.record(event(ORG, 1))
         finally:
-            await sink._writer_redis.aclose()
-            sink._writer_redis = real
+            await unreachable.aclose()
+            sink._sink = real
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])  # one backend is what this tests
@@ -150,8 +155,9 @@ async def test_embedded_queue_full_fails_closed(backend: str, settings_factory: 
 @pytest.mark.parametrize("backend", ["postgres"])  # one backend is what this tests
 async def test_entries_left_by_a_dead_writer_are_written_on_restart(backend: str, settings_factory: Any) -> None:
     """Events XADDed and read by a writer that died before XACK: the next writer writes them."""
-    from gateway.audit import FIELD, GROUP, STREAM, encode
     from redis.asyncio import Redis
+
+    from audit.stream import FIELD, GROUP, STREAM, encode
 
     settings = settings_factory()
     r = Redis.from_url(settings.redis_url)
@@ -174,7 +180,7 @@ async def test_entries_left_by_a_dead_writer_are_written_on_restart(backend: str
         async with running_sink(settings, claim_idle=3600) as (runtime, sink):
             await sink.flush()
             stored = await rows(runtime, ORG)
-            assert sorted(x.request_id for x in stored) == sorted(e["request_id"] for e in sent)
+            assert sorted(x.request_id for x in stored) == sorted(e.request_id for e in sent)
             assert [x.seq for x in stored] == list(range(1, 31))
             pending = await r.xpending(STREAM, GROUP)
             assert pending["pending"] == 0

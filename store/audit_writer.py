@@ -1,243 +1,46 @@
-"""The audit sink (hand an event over, fast, or fail) and the writer (drain to the database).
+"""The audit writer: drains the sink's events into the database (``app.state.audit``).
 
-Two transports, one writer:
+Two transports (audit/sink.py), one writer:
 
-* Redis mode: events are entries of one Redis stream (:func:`stream_key`), each with a single
-  field ``e`` holding the event as JSON (:func:`encode`). Gateway decisions XADD it from the
-  quota Lua script they already run (no extra round trip)::
-
-      -- KEYS[n] = audit.stream_key(), ARGV[m] = audit.encode(event)
-      redis.call('XADD', KEYS[n], '*', 'e', ARGV[m])
-
-  Management changes and anything else call :meth:`AuditSink.record` (one XADD). Every process
-  runs a writer in the consumer group :data:`GROUP`: ``XREADGROUP`` in batches, append to the
-  database, ``XACK`` + ``XDEL`` only after the commit. On start (and every ``claim_idle``
-  seconds) entries left pending by a dead writer are taken over with ``XAUTOCLAIM`` and written.
-  A re-delivered entry is written once (the append skips a known ``event_id``).
-* Embedded mode (no Redis): an in-process bounded queue; the writer drains it the same way.
-  Stopping the sink flushes it.
+* Redis mode (``redis`` sink): events are entries of the audit stream (audit/stream.py).
+  Gateway decisions XADD them from the quota Lua script; management changes call
+  :meth:`AuditSink.record` (one XADD). Every process runs a writer in the consumer group
+  ``GROUP``: ``XREADGROUP`` in batches, append to the database (store/audit.py), ``XACK`` +
+  ``XDEL`` only after the commit. On start (and every ``claim_idle`` seconds) entries left
+  pending by a dead writer are taken over with ``XAUTOCLAIM`` and written. A re-delivered entry
+  is written once (the append skips a known ``event_id``).
+* Embedded mode (``queue`` sink, no Redis): an in-process bounded queue; the writer drains it
+  the same way. Stopping the sink flushes it.
 
 Fail closed: :meth:`AuditSink.record` raises ``ServiceUnavailable`` when the event cannot be
 queued (Redis unreachable, queue full, sink stopped); callers must not answer "allow" then.
-
-Redis Cluster: the stream is one key, so a script that also touches the quota keys of an agent
-(hash tag ``{org:uapk}``) would cross slots. ``stream_key(org_id, uapk_id)`` names a per-agent
-stream with the same hash tag, but the writer reads only the single stream today: on a cluster,
-either teach the writer the per-agent streams or keep the audit XADD out of the quota script
-(``record``, one more round trip). Bastion targets a single Redis (or Sentinel).
 """
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import socket
 import time
 import uuid
-from datetime import datetime
-from typing import Any, Iterable
+from collections.abc import Mapping
+from types import EllipsisType
+from typing import Any
 
-from core.clock import utcnow
+from audit.checkpoint import Coverage
+from audit.event import AuditEvent, as_event, normalize
+from audit.sink import QueueSink, Sink, sink_class
+from audit.stream import FIELD, GROUP, STREAM, decode, encode, stream_key
 from core.errors import ServiceUnavailable
 from store import audit as repo
 from store.runtime import Runtime
 
 log = logging.getLogger("bastion.audit")
 
-STREAM = "bastion:audit:events"
-GROUP = "bastion-audit-writers"
-FIELD = "e"
-
-# Event kinds.
-EVALUATE = "gateway.evaluate"
-EXECUTE = "gateway.execute"
-
-
-def stream_key(org_id: str | None = None, uapk_id: str | None = None) -> str:
-    """The Redis stream the events go to. With ``org_id`` and ``uapk_id``: the stream that shares
-    the agent's quota hash tag (Redis Cluster; see the module doc)."""
-    if org_id is not None and uapk_id is not None:
-        return f"bq:{{{org_id}:{uapk_id}}}:audit"
-    return STREAM
-
-
-def encode(event: dict[str, Any]) -> bytes:
-    """The stream entry's ``e`` field: the event as compact UTF-8 JSON."""
-    return json.dumps(event, separators=(",", ":"), ensure_ascii=False, default=str).encode()
-
-
-def decode(raw: bytes | str) -> dict[str, Any]:
-    value = json.loads(raw)
-    if not isinstance(value, dict):
-        raise ValueError("an audit entry must be a JSON object")
-    return value
-
-
-# Quota statuses of store/lua/quota.lua -> the deny reason the pipeline gives for them.
-_QUOTA_DENIALS = {
-    1: ("hourly_budget_exceeded", "Hourly budget of {limit} actions exhausted.", "hour"),
-    2: ("budget_exceeded", "Daily budget of {limit} actions exhausted.", "day"),
-    3: ("override_token_already_used", "The override token was already used.", None),
-}
-
-
-def finalize(event: dict[str, Any], fields: dict[Any, Any]) -> dict[str, Any]:
-    """A decision event XADDed by the quota script carries the outcome that holds if the quota
-    admits it, plus the script's status ``q``: a non-zero status turns it into that denial."""
-    raw = fields.get(b"q", fields.get("q"))
-    if raw is None:
-        return event
-    status = int(raw)
-    if status == 0 or status not in _QUOTA_DENIALS:
-        return event
-    code, message, window = _QUOTA_DENIALS[status]
-    limits = (event.get("details") or {}).get("limits") or {}
-    limit = limits.get(window) if window else None
-    details: dict[str, Any] = {"capability": event.get("capability")}
-    if window:
-        details.update({"limit": limit, "remaining": 0, "window": window})
-    out = dict(event)
-    out["decision"] = "deny"
-    out["reasons"] = [{"code": code, "message": message.format(limit=limit), "details": details}]
-    return out
-
-
-def request_id_of(request: Any) -> str | None:
-    state = getattr(request, "scope", {}).get("state", {})
-    rid = state.get("request_id") if isinstance(state, dict) else None
-    return rid if isinstance(rid, str) else None
-
-
-async def record_change(
-    request: Any, caller: Any, kind: str, *, org_id: str | None = None, details: dict[str, Any] | None = None,
-    **fields: Any,
-) -> None:
-    """One management change (manifest transition, approval decision, key, member, token...):
-    call it inside the change's transaction, before the commit, so that a change that cannot be
-    audited is not made (``ServiceUnavailable``)."""
-    org = org_id or getattr(caller, "org_id", None) or getattr(getattr(caller, "principal", None), "org_id", None)
-    sink = getattr(request.app.state, "audit", None)
-    if sink is None:
-        raise ServiceUnavailable("The audit trail is not running; nothing was done.")
-    await sink.record(build_event(
-        org_id=str(org), kind=kind, actor=actor_of(caller), request_id=request_id_of(request),
-        details=details, **fields,
-    ))
-
-
-def actor_of(who: Any) -> str | None:
-    """``api_key:<id> (<name>)`` or ``user:<email>`` from a Principal or Caller (httpkit.auth).
-
-    Every other record (policy version author, manifest events, approvals' decided_by, tokens'
-    issued_by) names a key by its name: the audit trail gives the id, which is unique and
-    stays, and that name, so its events and those records can be matched."""
-    principal = getattr(who, "principal", who)
-    if principal is None:
-        return None
-    if getattr(principal, "kind", None) == "api_key":
-        name = getattr(principal, "actor", None)
-        return f"api_key:{principal.key_id} ({name})" if name else f"api_key:{principal.key_id}"
-    return f"user:{getattr(principal, 'actor', None) or getattr(principal, 'user_id', '')}"
-
-
-def build_event(
-    *,
-    org_id: str,
-    kind: str,
-    actor: str | None = None,
-    uapk_id: str | None = None,
-    agent_id: str | None = None,
-    capability: str | None = None,
-    decision: str | None = None,
-    reasons: Iterable[Any] | None = None,
-    policy_version: str | None = None,
-    request_id: str | None = None,
-    interaction_id: str | None = None,
-    params: Any = None,
-    has_params: bool = False,
-    include_params: bool = False,
-    details: dict[str, Any] | None = None,
-    created_at: datetime | None = None,
-    event_id: str | None = None,
-) -> dict[str, Any]:
-    """An audit event (any kind). ``params_hash`` is set when ``has_params`` (or params given);
-    the params themselves only with ``include_params`` (BASTION_AUDIT_INCLUDE_PARAMS)."""
-    with_params = has_params or params is not None
-    return {
-        "event_id": event_id or str(uuid.uuid4()),
-        "org_id": org_id,
-        "kind": kind,
-        "actor": actor,
-        "uapk_id": uapk_id,
-        "agent_id": agent_id,
-        "capability": capability,
-        "decision": decision,
-        "reasons": [_reason(r) for r in reasons] if reasons is not None else None,
-        "policy_version": policy_version,
-        "request_id": request_id,
-        "interaction_id": interaction_id,
-        "params_hash": repo.params_digest(params) if with_params else None,
-        "params": repo.jcs_safe(params) if (include_params and with_params) else None,
-        "details": repo.jcs_safe(details) if details else None,
-        "created_at": repo.format_ts(created_at or utcnow()),
-    }
-
-
-def _reason(r: Any) -> Any:
-    if hasattr(r, "as_dict"):
-        return r.as_dict()
-    return r
-
-
-def build_decision_event(
-    decision: Any,
-    *,
-    org_id: str,
-    kind: str,
-    req: Any,
-    actor: str | None,
-    request_id: str | None,
-    interaction_id: str | None,
-    include_params: bool = False,
-    approval_id: str | None = None,
-) -> dict[str, Any]:
-    """The event of one gateway decision (``gateway.pipeline.Decision``) for ``req``
-    (``GatewayActionRequest``). ``kind`` is :data:`EVALUATE` or :data:`EXECUTE`."""
-    action = getattr(req, "action", None)
-    params = getattr(action, "params", None)
-    details: dict[str, Any] = {}
-    if getattr(action, "amount", None) is not None:
-        details["amount"] = action.amount
-    if getattr(action, "currency", None) is not None:
-        details["currency"] = action.currency
-    if approval_id:
-        details["approval_id"] = approval_id
-    override = getattr(decision, "override", None)
-    if override is not None and getattr(override, "approval_id", None):
-        details["override_approval_id"] = override.approval_id
-    return build_event(
-        org_id=org_id,
-        kind=kind,
-        actor=actor,
-        uapk_id=getattr(req, "uapk_id", None),
-        agent_id=getattr(req, "agent_id", None),
-        capability=getattr(decision, "capability", None),
-        decision=getattr(decision, "decision", None),
-        reasons=getattr(decision, "reasons", None) or [],
-        policy_version=getattr(decision, "policy_version", None),
-        request_id=request_id,
-        interaction_id=interaction_id,
-        params=params if params is not None else {},
-        has_params=True,
-        include_params=include_params,
-        details=details or None,
-        created_at=getattr(decision, "timestamp", None),
-    )
-
 
 class AuditSink:
-    """``app.state.audit``. ``record`` queues; the writer task appends to the chain.
+    """``app.state.audit``: the process's :class:`audit.sink.Sink` (``record`` hands over to
+    the ``redis`` or ``queue`` sink) and the writer task that appends what it queued to the chain.
 
     Tuning (tests use small values): ``batch_size`` events per read/append, ``checkpoint_age``
     the checkpoint interval: no event stays unsigned longer (the coverage rule of
@@ -257,11 +60,11 @@ class AuditSink:
         prune_interval: float = 3600.0,
         block_ms: int = 500,
         consumer: str | None = None,
-        redis_url: str | None = ...,  # type: ignore[assignment]
+        redis_url: str | None | EllipsisType = ...,
     ):
         self.runtime = runtime
         self.settings = runtime.settings
-        self.redis_url = runtime.settings.redis_url if redis_url is ... else redis_url
+        self.redis_url: str | None = runtime.settings.redis_url if isinstance(redis_url, EllipsisType) else redis_url
         self.batch_size = batch_size
         self.checkpoint_age = checkpoint_age
         self.tick = tick
@@ -270,7 +73,11 @@ class AuditSink:
         self.block_ms = block_ms
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.include_params = runtime.settings.audit_include_params
-        self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=max_queue)
+        # The sink record() hands over to, by transport: the in-process queue now (embedded
+        # mode), the Redis stream once start() has its client (audit/sink.py registers both).
+        self._queue_sink: QueueSink = sink_class("queue")(max_queue)
+        self._queue = self._queue_sink.queue
+        self._sink: Sink | None = None if self.redis_mode else self._queue_sink
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._accepting = False
@@ -295,22 +102,14 @@ class AuditSink:
 
     encode = staticmethod(encode)
 
-    async def record(self, event: dict[str, Any]) -> None:
-        """Queue one event. Raises ``ServiceUnavailable`` when it cannot be queued."""
-        if not self._accepting:
+    async def record(self, event: AuditEvent | Mapping[str, Any]) -> None:
+        """Queue one event. Raises ``ServiceUnavailable`` when it cannot be queued.
+
+        A mapping is accepted from producers that amend their event as a dict (the decision
+        recorder): it is taken in its stored form (``audit.event.as_event``)."""
+        if not self._accepting or self._sink is None:
             raise ServiceUnavailable("The audit trail is not accepting events; nothing was done.")
-        if self.redis_mode:
-            try:
-                await self._writer_redis.xadd(STREAM, {FIELD: encode(event)})
-            except Exception as exc:
-                raise ServiceUnavailable(
-                    f"Audit trail unavailable ({type(exc).__name__}); nothing was done. Retry shortly."
-                ) from exc
-            return
-        try:
-            self._queue.put_nowait(dict(event))
-        except asyncio.QueueFull:
-            raise ServiceUnavailable("Audit queue full; nothing was done. Retry shortly.") from None
+        await self._sink.record(as_event(event))
 
     # --- life cycle ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -321,21 +120,22 @@ class AuditSink:
         pool = {} if self.settings.is_sqlite else {"pool_size": 2, "max_overflow": 2}
         self._engine = make_engine(self.settings.database_url, **pool)
         self._sessions = make_sessionmaker(self._engine)
-        if self.redis_mode:
+        if self.redis_url is not None:
             from redis.asyncio import BlockingConnectionPool, Redis
 
             # Own pool for XADD: waits (briefly) for a free connection under a burst instead of
             # failing, and stays apart from the quota calls' pool.
             # Timeouts as the quota calls' (store.runtime.make_redis): a decision or change whose
             # event cannot be queued answers 503 within the fail-fast budget, not after 1-3 s.
-            pool = BlockingConnectionPool.from_url(
+            xadd_pool = BlockingConnectionPool.from_url(
                 self.redis_url, max_connections=64, timeout=self.settings.redis_timeout_ms / 1000,
                 socket_timeout=self.settings.redis_timeout_ms / 1000,
                 socket_connect_timeout=self.settings.redis_timeout_ms / 1000, retry_on_timeout=False,
                 health_check_interval=0,
             )
-            self._writer_redis = Redis(connection_pool=pool, retry=None)
+            self._writer_redis = Redis(connection_pool=xadd_pool, retry=None)  # type: ignore[arg-type]
             self._owns_writer_redis = True
+            self._sink = sink_class("redis")(self._writer_redis, STREAM)
             # Blocking reads: the socket timeout only has to outlast the block time (a frozen
             # Redis must not hang shutdown).
             self._reader = Redis.from_url(
@@ -355,9 +155,9 @@ class AuditSink:
         self._task = asyncio.create_task(self._run(), name="audit-writer")
 
     @property
-    def coverage(self) -> repo.Coverage:
+    def coverage(self) -> Coverage:
         """The checkpoint rule this writer keeps (and signs into its checkpoints)."""
-        return repo.Coverage(self.settings.audit_checkpoint_every, self.checkpoint_age)
+        return Coverage(self.settings.audit_checkpoint_every, self.checkpoint_age)
 
     async def _checkpoint_due(self, max_age: float) -> None:
         try:
@@ -383,7 +183,7 @@ class AuditSink:
         if self._task is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), timeout=self.block_ms / 1000 + 5.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self._task.cancel()
                 await asyncio.gather(self._task, return_exceptions=True)
             except Exception:  # pragma: no cover - logged in _run
@@ -421,7 +221,7 @@ class AuditSink:
             await self._reader.aclose()
             self._reader = None
 
-    async def flush(self, timeout: float = 30.0) -> None:
+    async def flush(self, timeout: float = 30.0) -> None:  # noqa: ASYNC109 - a bound for tests and exports
         """Tests and exports: wait until everything handed over so far is in the database."""
         deadline = time.monotonic() + timeout
         if self.redis_mode:
@@ -458,7 +258,7 @@ class AuditSink:
                 log.exception("audit writer: round failed; retrying")
                 try:
                     await asyncio.wait_for(self._stopping.wait(), timeout=backoff)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 backoff = min(backoff * 2, 5.0)
 
@@ -478,11 +278,11 @@ class AuditSink:
             if n:
                 log.info("audit retention pruned events", extra={"fields": {"deleted": n}})
 
-    async def write(self, events: list[dict[str, Any]]) -> int:
+    async def write(self, events: list[AuditEvent | dict[str, Any]]) -> int:
         """Append a batch (any orgs) in arrival order: one transaction per org."""
         by_org: dict[str, list[dict[str, Any]]] = {}
         for raw in events:
-            e = repo.normalize(raw)
+            e = normalize(raw)
             if not e.get("org_id") or not e.get("event_id"):
                 log.error("audit: dropping an event without org_id/event_id", extra={"fields": {"event": str(raw)[:500]}})
                 continue
@@ -501,9 +301,9 @@ class AuditSink:
     async def _queue_round(self) -> None:
         try:
             first = await asyncio.wait_for(self._queue.get(), timeout=self.tick)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return
-        batch = [first]
+        batch: list[AuditEvent | dict[str, Any]] = [first]
         while len(batch) < self.batch_size:
             try:
                 batch.append(self._queue.get_nowait())
@@ -513,7 +313,7 @@ class AuditSink:
         for _ in batch:
             self._queue.task_done()
 
-    async def _write_until_done(self, batch: list[dict[str, Any]]) -> None:
+    async def _write_until_done(self, batch: list[AuditEvent | dict[str, Any]]) -> None:
         """Embedded mode has no other copy: retry (with backoff) until the database takes it."""
         delay = 0.05
         while True:
@@ -529,7 +329,7 @@ class AuditSink:
 
     async def _drain_queue_final(self) -> None:
         while not self._queue.empty():
-            batch = []
+            batch: list[AuditEvent | dict[str, Any]] = []
             while len(batch) < self.batch_size and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             await self._write_until_done(batch)
@@ -546,14 +346,15 @@ class AuditSink:
             await self._process(entries)
 
     async def _process(self, entries: list[Any]) -> None:
-        ids, events = [], []
+        ids: list[Any] = []
+        events: list[AuditEvent | dict[str, Any]] = []
         for entry_id, fields in entries:
             ids.append(entry_id)
             if not fields:  # deleted while pending
                 continue
             raw = fields.get(FIELD.encode(), fields.get(FIELD))
             try:
-                events.append(finalize(decode(raw), fields))
+                events.append(decode(raw))  # the whole event: the gateway settled it
             except Exception:
                 log.error("audit: undecodable stream entry dropped", extra={"fields": {"id": str(entry_id)}})
         if events:
@@ -596,11 +397,6 @@ class AuditSink:
                 await self._process(entries)
         except Exception:
             log.exception("audit writer: final drain failed; pending entries stay in Redis")
-
-
-def sink_of(app_or_request: Any) -> AuditSink:
-    app = getattr(app_or_request, "app", app_or_request)
-    return app.state.audit  # type: ignore[no-any-return]
 
 
 async def start_audit(app: Any) -> None:
