@@ -27,7 +27,7 @@ WVENV       := .venv-wheel
 WBIN        := $(WVENV)/bin
 WPIP        := $(WBIN)/python -m pip --disable-pip-version-check
 WHEEL_STAMP := $(WVENV)/.test-installed
-PACKAGES    := core httpkit policies audit store gateway api bastion
+PACKAGES    := core httpkit policies audit store gateway services api bastion
 # What `make soak` runs: the fault suite in its long form, and the tests whose documented time
 # figures (1 s propagation, 2 s catch-up, 5 s recovery) are asserted only under BASTION_SOAK=1.
 SOAK_TESTS  := tests/faults tests/gateway/test_propagation.py tests/policies/test_rollout.py \
