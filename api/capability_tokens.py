@@ -7,6 +7,7 @@ import msgspec
 from litestar import Controller, Request, get, post
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
+from audit.changes import change_context
 from core.clock import isoformat
 from core.errors import NotFound
 from gateway.captokens import revoke
@@ -16,7 +17,6 @@ from httpkit.openapi import NO_BODY, declared_body
 from httpkit.pagination import Page, pagination
 from store import captokens as repo
 from store.models import CapabilityToken
-from audit.changes import record_change
 
 
 class TokenMeta(msgspec.Struct):
@@ -56,9 +56,8 @@ class CapabilityTokenController(Controller):
     @post("/", status_code=HTTP_201_CREATED, summary="Issue a capability token for delegation")
     async def create(self, request: Request[Any, Any, Any], org_id: str, data: TokenRequest) -> TokenIssued:
         caller = await admit(request, org_id, "capability_tokens", "manage")
-        issued = await issue_checked(request.app.state.runtime, org_id, data, "admin", caller.actor)
-        await record_change(request, caller, "capability_token.issued", uapk_id=data.uapk_id, agent_id=data.agent_id, details={"token_id": issued.token_id, "capabilities": issued.capabilities, "expires_at": issued.expires_at, "via": "admin"})
-        return issued
+        return await issue_checked(request.app.state.runtime, org_id, data, "admin", caller.actor,
+                                   change_context(request, caller))
 
     @get("/", summary="List issued tokens (metadata only, never the token)", dependencies=pagination())
     async def list_tokens(self, request: Request[Any, Any, Any], org_id: str, page: Page) -> TokenList:
@@ -72,10 +71,9 @@ class CapabilityTokenController(Controller):
     async def revoke_token(self, request: Request[Any, Any, Any], org_id: str, token_id: str) -> TokenMeta:
         caller = await admit(request, org_id, "capability_tokens", "manage", tier="emergency")
         await declared_body(request)
-        row = await revoke(request.app.state.runtime, org_id, token_id, caller.actor)
+        row = await revoke(request.app.state.runtime, org_id, token_id, caller.actor, change_context(request, caller))
         if row is None:
             raise NotFound()
-        await record_change(request, caller, "capability_token.revoked", uapk_id=row.uapk_id, agent_id=row.agent_id, details={"token_id": row.id})
         return _meta(row)
 
 

@@ -18,13 +18,14 @@ import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import jwt
 
+from audit.changes import ChangeContext
 from core.canonical import canonical_json
-from core.clock import utcnow
+from core.clock import isoformat, utcnow
 from core.errors import FieldIssue, PermissionDenied, ValidationFailed
 from core.tasks import cancel, every
 from core.tokens import CAPABILITY_TYP, LEEWAY_SECONDS, TokenInvalid, sign, verify
@@ -109,8 +110,12 @@ async def issue(
     ttl: int,
     issued_via: str,
     issued_by: str,
+    audit: ChangeContext,
 ) -> tuple[str, CapClaims, datetime]:
-    """Sign a token for an active manifest; 403 naming every capability it does not grant."""
+    """Sign a token for an active manifest; 403 naming every capability it does not grant.
+
+    The ``capability_token.issued`` event goes to ``audit`` inside the transaction that stores
+    the token: a token whose issue cannot be audited is never stored nor handed out."""
     s = runtime.settings
     async with runtime.sessions() as session, session.begin():
         manifest = await repo.active_manifest(session, org_id, uapk_id)
@@ -136,13 +141,18 @@ async def issue(
         }
         token = sign(runtime.keys, CAPABILITY_TYP, claims, ttl, now=now)
         decoded = _decode_trusted(token)
-        expires_at = datetime.fromtimestamp(decoded["exp"], timezone.utc)
+        expires_at = datetime.fromtimestamp(decoded["exp"], UTC)
         await repo.record(
             session,
             id=decoded["jti"], org_id=org_id, uapk_id=uapk_id, agent_id=agent_id,
             manifest_hash=manifest.manifest_hash, capabilities=capabilities, constraints=constraints,
             kid=runtime.keys.active_kid, issued_via=issued_via, issued_by=issued_by,
-            created_at=datetime.fromtimestamp(decoded["iat"], timezone.utc), expires_at=expires_at,
+            created_at=datetime.fromtimestamp(decoded["iat"], UTC), expires_at=expires_at,
+        )
+        await audit.record(
+            "capability_token.issued", org_id=org_id, uapk_id=uapk_id, agent_id=agent_id,
+            details={"token_id": decoded["jti"], "capabilities": list(capabilities),
+                     "expires_at": isoformat(expires_at), "via": issued_via},
         )
     return token, _claims(decoded, runtime.keys.active_kid), expires_at
 
@@ -186,9 +196,14 @@ async def _revoked_loader(session: Any, since: datetime | None, now: datetime) -
     return [(jti, exp) for jti, exp, _ in await repo.revoked_since(session, since, now)]
 
 
-async def revoke(runtime: Runtime, org_id: str, token_id: str, by: str) -> Any:
+async def revoke(runtime: Runtime, org_id: str, token_id: str, by: str, audit: ChangeContext) -> Any:
+    """Revoke (idempotent); None when the org has no such token. The ``capability_token.revoked``
+    event goes to ``audit`` before the revocation commits: no revocation takes effect unaudited."""
     async with runtime.sessions() as session, session.begin():
         row = await repo.revoke(session, org_id, token_id, by, utcnow())
+        if row is not None:
+            await audit.record("capability_token.revoked", org_id=org_id, uapk_id=row.uapk_id,
+                               agent_id=row.agent_id, details={"token_id": row.id})
     if row is not None:
         await announce(runtime.bus, "capability_token_revoked", org_id, jti=row.id, exp=row.expires_at.timestamp())
     return row

@@ -9,6 +9,7 @@ from cryptography.hazmat.primitives import serialization
 from litestar import Request, get, post
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
+from audit.changes import ChangeContext, change_context
 from core.clock import isoformat
 from core.errors import FieldIssue, PermissionDenied, ValidationFailed
 from gateway.captokens import CapClaims, TokenProblem, TokenService, issue, validate_request
@@ -16,7 +17,6 @@ from httpkit.auth import current_principal
 from policies.capabilities import is_concrete, matches_any
 from store import captokens as repo
 from store.runtime import Runtime
-from audit.changes import record_change
 
 
 class TokenRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -64,7 +64,9 @@ def tokens_of(request: Request[Any, Any, Any]) -> TokenService:
     return request.app.state.tokens  # type: ignore[no-any-return]
 
 
-async def issue_checked(runtime: Runtime, org_id: str, data: TokenRequest, issued_via: str, issued_by: str) -> TokenIssued:
+async def issue_checked(runtime: Runtime, org_id: str, data: TokenRequest, issued_via: str, issued_by: str,
+                        audit: ChangeContext) -> TokenIssued:
+    """Validate, sign and store a token; its audit event is recorded in the same transaction."""
     s = runtime.settings
     caps, constraints, ttl = validate_request(
         data.capabilities, data.constraints, data.expires_in_seconds,
@@ -72,7 +74,7 @@ async def issue_checked(runtime: Runtime, org_id: str, data: TokenRequest, issue
     )
     token, claims, expires_at = await issue(
         runtime, org_id=org_id, uapk_id=data.uapk_id, agent_id=data.agent_id, capabilities=caps,
-        constraints=constraints, ttl=ttl, issued_via=issued_via, issued_by=issued_by,
+        constraints=constraints, ttl=ttl, issued_via=issued_via, issued_by=issued_by, audit=audit,
     )
     return TokenIssued(token=token, token_id=claims.jti, capabilities=list(claims.capabilities), expires_at=isoformat(expires_at) or "")
 
@@ -86,9 +88,8 @@ async def issue_for_agent(request: Request[Any, Any, Any], data: TokenRequest) -
     if principal.uapk_ids is not None and data.uapk_id not in principal.uapk_ids:
         raise PermissionDenied(f"UAPK '{data.uapk_id}' has no active manifest in this organization.")
     request.scope.setdefault("state", {})["org_id"] = principal.org_id
-    issued = await issue_checked(request.app.state.runtime, principal.org_id or "", data, "gateway", principal.actor)
-    await record_change(request, principal, "capability_token.issued", org_id=principal.org_id, uapk_id=data.uapk_id, agent_id=data.agent_id, details={"token_id": issued.token_id, "capabilities": issued.capabilities, "expires_at": issued.expires_at, "via": "gateway"})
-    return issued
+    return await issue_checked(request.app.state.runtime, principal.org_id or "", data, "gateway", principal.actor,
+                               change_context(request, principal, org_id=principal.org_id))
 
 
 def claims_dict(c: CapClaims) -> dict[str, Any]:
