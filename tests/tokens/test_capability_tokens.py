@@ -10,7 +10,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from core.tokens import CAPABILITY_TYP, OVERRIDE_TYP, SESSION_TYP, sign
+from core.tokens import CAPABILITY_TYP, sign
 from gateway.captokens import CAPABILITY_AUDIENCE, TokenProblem
 from tests.conftest import Org, assert_error, make_key, serve_app
 from tests.timing import eventually
