@@ -46,6 +46,7 @@ from audit.checkpoint import (
 )
 from audit.event import FIELDS, AuditEvent, build_event, format_ts, normalize, parse_ts
 from audit.event import params_digest as params_digest  # gateway/shadow.py still imports it from here
+from audit.sink import register_sink
 from audit.verify import ChainVerifier, VerifyResult
 from core.clock import utcnow
 from core.errors import ServiceUnavailable
@@ -68,6 +69,7 @@ def change_event(org_id: str, kind: str, actor: str, details: dict[str, Any]) ->
     return normalize(build_event(org_id=org_id, kind=kind, actor=actor, details=details))
 
 
+@register_sink("transaction")
 class TransactionSink:
     """The in-transaction sink (:class:`audit.sink.Sink`): each event is appended to its
     organization's chain inside the caller's transaction, so the change and its event commit
