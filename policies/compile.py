@@ -4,15 +4,17 @@ The source of truth is a Casbin policy for ``policies/gateway_model.conf``:
 
 * ``p, agent:<uapk_id>, <pattern>, allow`` for every approved capability of the uapk's
   *active* manifest,
-* ``p, agent:<uapk_id>, <pattern>, deny`` / ``p, *, <pattern>, deny`` for the org's deny rules
-  (deny overrides allow),
 * ``p2, agent:<uapk_id>, <pattern>`` for every ``require_human_approval`` entry of the active
   manifest.
+
+Manifests grant; the organization's policy rules (``policies/rules.py``, their own Casbin
+model ``rules_model.conf``) then gate and narrow what was granted: an org's "deny" is a policy
+rule with the ``deny`` effect, for one agent, a team or every agent.
 
 pycasbin ``enforce`` walks every line per request; the gateway never calls it on the hot path.
 ``compile_org`` turns the same lines into per-agent hash sets (``PatternSet``): a concrete
 capability ``res:act`` can only be matched by the four patterns ``res:act``, ``res:*``,
-``*:act`` and ``*:*``, so a lookup is at most four set probes. ``tests/gateway/
+``*:act`` and ``*:*``, so a lookup is at most four set probes. ``tests/unit/
 test_compile_oracle.py`` checks, on random policies, that the index and pycasbin agree.
 
 A ``CompiledOrg`` is immutable: a change builds a new one and the gateway swaps one reference.
@@ -23,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -33,7 +35,6 @@ from policies.rules import EMPTY_INDEX, RuleIndex
 
 MODEL_PATH = Path(__file__).parent / "gateway_model.conf"
 ACTIVE = "active"
-ALL_AGENTS = "*"
 
 
 def subject(uapk_id: str) -> str:
@@ -60,19 +61,10 @@ class ManifestSnapshot:
 
 
 @dataclass(frozen=True, slots=True)
-class DenyRule:
-    """An org rule forbidding a capability pattern, for one agent or (``uapk_id`` None) all."""
-
-    pattern: str
-    uapk_id: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class OrgPolicySource:
     org_id: str
     version: int
     manifests: tuple[ManifestSnapshot, ...] = ()
-    deny_rules: tuple[DenyRule, ...] = ()
     rules: RuleIndex = EMPTY_INDEX  # the org's live policy rules (policies/rules.py)
     shadow_rules: RuleIndex | None = None  # a candidate set deployed as shadow
 
@@ -114,7 +106,7 @@ _EMPTY = PatternSet()
 @dataclass(frozen=True, slots=True)
 class Grant:
     granted: bool
-    rule: str | None  # "allow:<pattern>" / "deny:<pattern>" / None (nothing matched)
+    rule: str | None  # "allow:<pattern>" (the approved capability that granted) / None
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +118,6 @@ class AgentPolicy:
     manifest_hash: str | None = None
     team: str | None = None
     allow: PatternSet = _EMPTY
-    deny: PatternSet = _EMPTY
     human: PatternSet = _EMPTY
     max_actions_per_hour: int = 0
     max_actions_per_day: int = 0
@@ -137,9 +128,6 @@ class AgentPolicy:
         return self.status == ACTIVE
 
     def grant(self, capability: str) -> Grant:
-        denied = self.deny.match(capability)
-        if denied is not None:
-            return Grant(False, f"deny:{denied}")
         allowed = self.allow.match(capability)
         if allowed is None:
             return Grant(False, None)
@@ -157,7 +145,6 @@ class CompiledOrg:
     agents: Mapping[str, AgentPolicy]
     lines: tuple[tuple[str, ...], ...] = ()  # p lines
     lines2: tuple[tuple[str, ...], ...] = ()  # p2 lines
-    org_deny: PatternSet = field(default=_EMPTY)
     rules: RuleIndex = EMPTY_INDEX  # policy rules: gate and narrow after the grant
     shadow: CompiledOrg | None = None  # the same org with the shadow rules (evaluated, never enforced)
 
@@ -210,35 +197,22 @@ def policy_lines(source: OrgPolicySource) -> tuple[list[tuple[str, ...]], list[t
         for cap in m.require_human_approval:
             if is_valid_pattern(cap):
                 p2.add((subject(m.uapk_id), cap))
-    for rule in source.deny_rules:
-        if is_valid_pattern(rule.pattern):
-            sub = ALL_AGENTS if rule.uapk_id is None else subject(rule.uapk_id)
-            p.add((sub, rule.pattern, "deny"))
     return sorted(p), sorted(p2)
 
 
 def index_lines(
     lines: Iterable[tuple[str, ...]], lines2: Iterable[tuple[str, ...]]
-) -> tuple[dict[str, PatternSet], dict[str, PatternSet], PatternSet, dict[str, PatternSet]]:
-    """Casbin lines -> per-subject allow, per-subject deny, org-wide deny, per-subject human."""
+) -> tuple[dict[str, PatternSet], dict[str, PatternSet]]:
+    """Casbin lines -> per-subject allow, per-subject human."""
     allow: dict[str, set[str]] = {}
-    deny: dict[str, set[str]] = {}
-    org_deny: set[str] = set()
     human: dict[str, set[str]] = {}
     for sub, obj, eft in lines:
-        if eft == "deny":
-            if sub == ALL_AGENTS:
-                org_deny.add(obj)
-            else:
-                deny.setdefault(sub, set()).add(obj)
-        elif eft == "allow" and sub != ALL_AGENTS:
+        if eft == "allow":
             allow.setdefault(sub, set()).add(obj)
     for sub, obj in lines2:
         human.setdefault(sub, set()).add(obj)
     return (
         {s: PatternSet.of(v) for s, v in allow.items()},
-        {s: PatternSet.of(v) for s, v in deny.items()},
-        PatternSet.of(org_deny),
         {s: PatternSet.of(v) for s, v in human.items()},
     )
 
@@ -246,13 +220,11 @@ def index_lines(
 def compile_org(source: OrgPolicySource, *, default_per_hour: int, default_per_day: int) -> CompiledOrg:
     """Build the whole index first; the caller publishes it by replacing one reference."""
     lines, lines2 = policy_lines(source)
-    allow, deny, org_deny, human = index_lines(lines, lines2)
+    allow, human = index_lines(lines, lines2)
     agents: dict[str, AgentPolicy] = {}
     quota_doc: list[Any] = []
     for uapk_id, m in sorted(current_manifests(source.manifests).items()):
         sub = subject(uapk_id)
-        own_deny = deny.get(sub, _EMPTY)
-        merged_deny = PatternSet(own_deny.exact | org_deny.exact, own_deny.wild | org_deny.wild)
         hour = _positive(m.max_actions_per_hour) or default_per_hour
         day = _positive(m.max_actions_per_day) or default_per_day
         active = m.status == ACTIVE
@@ -264,7 +236,6 @@ def compile_org(source: OrgPolicySource, *, default_per_hour: int, default_per_d
             manifest_hash=m.manifest_hash,
             team=m.team,
             allow=allow.get(sub, _EMPTY) if active else _EMPTY,
-            deny=merged_deny,
             human=human.get(sub, _EMPTY) if active else _EMPTY,
             max_actions_per_hour=hour,
             max_actions_per_day=day,
@@ -283,7 +254,6 @@ def compile_org(source: OrgPolicySource, *, default_per_hour: int, default_per_d
         agents=MappingProxyType(agents),
         lines=tuple(lines),
         lines2=tuple(lines2),
-        org_deny=org_deny,
     )
     shadow = None
     if source.shadow_rules is not None:

@@ -1,4 +1,9 @@
-"""The compiled index agrees with pycasbin ``enforce`` on random policies and requests."""
+"""The compiled index agrees with pycasbin ``enforce`` on random policies and requests.
+
+An organization's deny rules are policy rules with the ``deny`` effect (``policies/rules.py``)
+for one agent or for every agent (``*``): the compiled decision (the manifest's grant, then the
+rule index) is checked against pycasbin on both models (the gateway model's ``enforce_ex`` for
+the grant, the rules model's for the deny)."""
 from __future__ import annotations
 
 from hypothesis import HealthCheck, example, given, settings
@@ -6,7 +11,7 @@ from hypothesis import strategies as st
 
 from policies.capabilities import matches
 from policies.compile import (
-    DenyRule,
+    CompiledOrg,
     ManifestSnapshot,
     OrgPolicySource,
     build_enforcer,
@@ -14,6 +19,7 @@ from policies.compile import (
     compile_org,
     subject,
 )
+from policies.rules import Rule, RuleContext, RuleIndex, build_rules_enforcer, casbin_verdict
 
 # Small alphabets so that random patterns and requests actually collide.
 SEGMENTS = ["crm", "crmx", "email", "read", "write", "delete", "a", "a-b", "x_1"]
@@ -38,20 +44,44 @@ def manifests(draw: st.DrawFn) -> ManifestSnapshot:
     )
 
 
+def deny(pattern: str, uapk_id: str | None = None, rule_id: str = "") -> Rule:
+    """An org deny rule for one agent or (``uapk_id`` None) every agent, without conditions."""
+    return Rule(rule_id or f"deny-{len(pattern)}-{uapk_id or 'all'}", subject(uapk_id) if uapk_id else "*",
+                pattern, "deny")
+
+
+def source(version: int, manifests: tuple[ManifestSnapshot, ...], denies: tuple[Rule, ...] = ()) -> OrgPolicySource:
+    return OrgPolicySource("org", version, manifests, rules=RuleIndex.build(denies, 1 if denies else 0))
+
+
 @st.composite
 def sources(draw: st.DrawFn) -> OrgPolicySource:
-    rules = draw(st.lists(st.builds(DenyRule, patterns, st.one_of(st.none(), st.sampled_from(UAPKS))), max_size=4))
-    return OrgPolicySource("org", draw(st.integers(0, 5)), tuple(draw(st.lists(manifests(), max_size=6))), tuple(rules))
+    targets = draw(st.lists(st.tuples(patterns, st.one_of(st.none(), st.sampled_from(UAPKS))), max_size=4))
+    rules = tuple(deny(p, u, f"r{i}") for i, (p, u) in enumerate(targets))
+    return source(draw(st.integers(0, 5)), tuple(draw(st.lists(manifests(), max_size=6))), rules)
+
+
+CTX = RuleContext()  # deny rules without conditions: the request's attributes do not matter
+
+
+def index_decide(compiled: CompiledOrg, uapk: str, cap: str) -> tuple[bool, bool, str | None]:
+    """(granted, needs a human, the deny rule's id) by the compiled index and rule index."""
+    agent = compiled.agent(uapk)
+    if agent is None or not agent.active:
+        return False, False, None
+    verdict = compiled.rules.evaluate(uapk, agent.team, cap, CTX)
+    denied_by = verdict.rule.id if verdict.effect == "deny" and verdict.rule is not None else None
+    return agent.grant(cap).granted and denied_by is None, agent.needs_human(cap) is not None, denied_by
 
 
 # Look-alikes, every run (random draws find them only by chance): a ``*`` or a concrete segment
 # matches one whole segment, never a prefix: crm:* is not crmx:read, a:read is not a-b:read
 # (nor a:reader), *:write is not email:write-all.
-LOOKALIKE_SOURCE = OrgPolicySource("org", 1, (
+LOOKALIKE_SOURCE = source(1, (
     ManifestSnapshot("m1", "bot-a", "active", approved=("crm:*", "a:read", "*:write"),
                      require_human_approval=("crm:*", "a:read")),
     ManifestSnapshot("m2", "bot-b", "active", approved=("*:*",), require_human_approval=("a:*", "*:read")),
-), (DenyRule("crm:*", "bot-b"), DenyRule("a:write", None)))
+), (deny("crm:*", "bot-b"), deny("a:write", None)))
 # (uapk, capability, granted, needs a human) — by the grammar, not by either implementation.
 LOOKALIKE_EXPECTED = [
     ("bot-a", "crm:read", True, True), ("bot-a", "crmx:read", False, False),
@@ -69,30 +99,39 @@ LOOKALIKE_REQUESTS = [(u, c) for u, c, _, _ in LOOKALIKE_EXPECTED]
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(src=sources(), requests=st.lists(st.tuples(st.sampled_from(UAPKS + ["ghost"]), capabilities), min_size=1, max_size=15))
 @example(src=LOOKALIKE_SOURCE, requests=LOOKALIKE_REQUESTS)
-@example(src=OrgPolicySource("org", 0, (ManifestSnapshot("m", "bot-a", "active", approved=("a:*",)),),
-                             (DenyRule("crm:delete", None),)),
+@example(src=source(0, (ManifestSnapshot("m", "bot-a", "active", approved=("a:*",)),), (deny("crm:delete", None),)),
          requests=[("bot-a", "a-b:read"), ("bot-a", "a:read"), ("bot-a", "crmx:delete"), ("bot-c", "a:read")])
 def test_index_agrees_with_casbin(src: OrgPolicySource, requests: list[tuple[str, str]]) -> None:
     compiled = compile_org(src, default_per_hour=10, default_per_day=100)
     enforcer = build_enforcer(compiled.lines, compiled.lines2)
+    rules_enforcer = build_rules_enforcer(compiled.rules.rules, {u: a.team for u, a in compiled.agents.items()})
     for uapk, cap in requests:
-        granted, human, explain = casbin_decide(enforcer, uapk, cap)
+        grant_ok, human, explain = casbin_decide(enforcer, uapk, cap)
+        effect, explained = casbin_verdict(rules_enforcer, uapk, cap, CTX)
+        granted = grant_ok and effect != "deny"
         agent = compiled.agent(uapk)
         if agent is None or not agent.active:
-            assert not granted, (uapk, cap, compiled.lines)
+            assert not grant_ok, (uapk, cap, compiled.lines)
             assert not human
             continue
+        index_granted, index_human, denied_by = index_decide(compiled, uapk, cap)
+        assert index_granted == granted, (uapk, cap, compiled.lines, compiled.rules.rules)
+        assert index_human == human, (uapk, cap, compiled.lines2)
         grant = agent.grant(cap)
-        assert grant.granted == granted, (uapk, cap, compiled.lines, grant)
-        assert (agent.needs_human(cap) is not None) == human, (uapk, cap, compiled.lines2)
+        assert grant.granted == grant_ok, (uapk, cap, compiled.lines, grant)
         if grant.rule is not None:
+            # the index names the allow line that granted; pycasbin explains with an allow line
             kind, _, pattern = grant.rule.partition(":")
-            assert matches(pattern, cap)
-            line = (subject(uapk), pattern, kind)
-            assert line in compiled.lines or (kind == "deny" and ("*", pattern, "deny") in compiled.lines)
-        if not granted and explain:
-            # pycasbin names a deny line that matched; the index names a deny rule too.
-            assert explain[2] == "deny" and grant.rule is not None and grant.rule.startswith("deny:")
+            assert kind == "allow" and matches(pattern, cap)
+            assert (subject(uapk), pattern, "allow") in compiled.lines
+            assert explain and explain[2] == "allow" and matches(explain[1], cap)
+        if effect == "deny":
+            # pycasbin names a deny rule that matched; the index names a deny rule too
+            line = explained["deny"]
+            assert line[2] == "deny" and denied_by is not None
+            assert matches(line[1], cap) and line[0] in ("*", subject(uapk))
+        else:
+            assert denied_by is None
 
 
 def test_lookalikes_by_the_grammar() -> None:
@@ -100,28 +139,30 @@ def test_lookalikes_by_the_grammar() -> None:
     each other is not enough: a prefix match in the shared matcher would fool both)."""
     compiled = compile_org(LOOKALIKE_SOURCE, default_per_hour=10, default_per_day=100)
     enforcer = build_enforcer(compiled.lines, compiled.lines2)
+    rules_enforcer = build_rules_enforcer(compiled.rules.rules, {u: a.team for u, a in compiled.agents.items()})
     for uapk, cap, granted, human in LOOKALIKE_EXPECTED:
-        agent = compiled.agent(uapk)
-        assert agent is not None
-        assert agent.grant(cap).granted is granted, (uapk, cap)
-        assert casbin_decide(enforcer, uapk, cap)[0] is granted, (uapk, cap)
-        assert (agent.needs_human(cap) is not None) is human, (uapk, cap)
+        assert index_decide(compiled, uapk, cap)[:2] == (granted, human), (uapk, cap)
+        casbin_granted = casbin_decide(enforcer, uapk, cap)[0] and \
+            casbin_verdict(rules_enforcer, uapk, cap, CTX)[0] != "deny"
+        assert casbin_granted is granted, (uapk, cap)
         assert casbin_decide(enforcer, uapk, cap)[1] is human, (uapk, cap)
 
 
 def test_deny_overrides_allow_for_one_agent_and_for_all() -> None:
-    src = OrgPolicySource("org", 1, (
+    src = source(1, (
         ManifestSnapshot("m1", "bot-a", "active", approved=("crm:*", "email:send")),
         ManifestSnapshot("m2", "bot-b", "active", approved=("crm:*",)),
-    ), (DenyRule("crm:delete", "bot-a"), DenyRule("*:send", None)))
+    ), (deny("crm:delete", "bot-a", "no-delete"), deny("*:send", None, "no-send")))
     compiled = compile_org(src, default_per_hour=1, default_per_day=1)
-    enforcer = build_enforcer(compiled.lines, compiled.lines2)
-    a, b = compiled.agent("bot-a"), compiled.agent("bot-b")
-    assert a is not None and b is not None
-    assert a.grant("crm:delete").rule == "deny:crm:delete" and not enforcer.enforce("agent:bot-a", "crm:delete")
-    assert b.grant("crm:delete").granted and enforcer.enforce("agent:bot-b", "crm:delete")
-    assert not a.grant("email:send").granted and not enforcer.enforce("agent:bot-a", "email:send")
-    assert a.grant("crm:read").rule == "allow:crm:*"
+    rules = build_rules_enforcer(compiled.rules.rules, {})
+    assert index_decide(compiled, "bot-a", "crm:delete") == (False, False, "no-delete")
+    assert casbin_verdict(rules, "bot-a", "crm:delete", CTX)[0] == "deny"
+    assert index_decide(compiled, "bot-b", "crm:delete") == (True, False, None)
+    assert casbin_verdict(rules, "bot-b", "crm:delete", CTX)[0] is None
+    assert index_decide(compiled, "bot-a", "email:send") == (False, False, "no-send")
+    assert casbin_verdict(rules, "bot-a", "email:send", CTX)[0] == "deny"
+    a = compiled.agent("bot-a")
+    assert a is not None and a.grant("crm:read").rule == "allow:crm:*"
 
 
 def test_compiled_policy_version_changes_with_content() -> None:
