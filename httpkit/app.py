@@ -2,8 +2,9 @@
 (and the combined server) are all made by this one function."""
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
+from typing import Protocol
 
 from litestar import Litestar
 from litestar.handlers import HTTPRouteHandler
@@ -12,15 +13,26 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.routes import HTTPRoute
 from litestar.types import ControllerRouterHandler
 
+from core.settings import Settings
 from httpkit.auth import Authenticator, management_credentials
 from httpkit.context import RequestContext
 from httpkit.docs_page import DocsPage, docs_router
 from httpkit.errors import EXCEPTION_HANDLERS, ErrorBody
 from httpkit.ratelimit import OrgRateLimiter
 from httpkit.request import BastionRequest
-from store.runtime import Runtime
 
 Hook = Callable[[Litestar], Awaitable[None]]
+
+
+class Runtime(Protocol):
+    """What the app needs of the process's runtime (store.runtime.Runtime is one): started
+    and closed with the app; the Authenticator uses the rest. httpkit never imports store."""
+
+    settings: Settings
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 def build_app(
@@ -141,7 +153,3 @@ def document_errors(app: Litestar) -> None:
                     ),
                 )
             handler.responses = responses
-
-
-def state_of(app: Litestar) -> Any:
-    return app.state

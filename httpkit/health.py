@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
 
 import msgspec
 from litestar import Request, Response, get
 from litestar.openapi import ResponseSpec
-from sqlalchemy import text
 
-from store.runtime import Runtime
+
+class Probed(Protocol):
+    """What readiness needs of the process's runtime (store.runtime.Runtime): no SQL here."""
+
+    def probes(self) -> Mapping[str, Callable[[], Awaitable[None]]]: ...
 
 
 class Health(msgspec.Struct):
@@ -31,21 +35,10 @@ async def healthz() -> Health:
     responses={503: ResponseSpec(Health, generate_examples=False, description="A dependency is unreachable.")},
 )
 async def readyz(request: Request[Any, Any, Any]) -> Response[Health]:
-    runtime: Runtime = request.app.state.runtime
+    runtime: Probed = request.app.state.runtime
     checks: dict[str, str] = {}
-
-    async def database() -> None:
-        async with runtime.engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
-
-    checks["database"] = await _check(database)
-    if runtime.redis is not None:
-        redis = runtime.redis
-
-        async def ping() -> None:
-            await redis.ping()
-
-        checks["redis"] = await _check(ping)
+    for name, probe in runtime.probes().items():  # one after the other, as before: database, redis
+        checks[name] = await _check(probe)
     ok = all(v == "ok" for v in checks.values())
     return Response(Health(status="ok" if ok else "unavailable", checks=checks), status_code=200 if ok else 503)
 
@@ -56,7 +49,7 @@ CHECK_TIMEOUT = 2.0  # seconds: a frozen dependency makes the instance unready, 
 async def _check(probe: Callable[[], Awaitable[None]]) -> str:
     try:
         await asyncio.wait_for(probe(), CHECK_TIMEOUT)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return "unavailable: timeout"
     except Exception as exc:
         return f"unavailable: {type(exc).__name__}"

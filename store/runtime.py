@@ -1,11 +1,12 @@
 """Everything a process needs to talk to its backing services, built once from Settings."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from redis.asyncio import Redis
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from core.settings import Settings
@@ -36,10 +37,9 @@ class Runtime:
     pepper: bytes
     bus: ChangeBus
     redis: Redis | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, settings: Settings) -> "Runtime":
+    def build(cls, settings: Settings) -> Runtime:
         engine = make_engine(settings.database_url)
         key_path = Path(settings.signing_key_file) if settings.signing_key_file else settings.data_dir / "signing-keys.json"
         keys = KeyStore.load_or_create(key_path)
@@ -56,6 +56,23 @@ class Runtime:
 
     async def start(self) -> None:
         await self.bus.start()
+
+    def probes(self) -> dict[str, Callable[[], Awaitable[None]]]:
+        """Readiness: one probe per backing service (the database, and Redis when configured),
+        each raising if its service does not answer. ``/readyz`` runs them (httpkit/health.py)."""
+        engine, redis = self.engine, self.redis
+
+        async def database() -> None:
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+
+        probes: dict[str, Callable[[], Awaitable[None]]] = {"database": database}
+        if redis is not None:
+            async def ping() -> None:
+                await redis.ping()
+
+            probes["redis"] = ping
+        return probes
 
     async def close(self) -> None:
         await self.bus.stop()
