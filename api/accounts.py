@@ -18,10 +18,11 @@ from httpkit.pagination import Page, pagination
 from httpkit.ratelimit import LoginThrottle, client_address
 from store import accounts
 from store.api_keys import display_prefix, generate_key, hash_key
-from store.changes import announce, bump_org_version
+from store.bus_messages import ApiKeyRevoked
 from store.models import ApiKey, Invitation, Organization, User
 from store.passwords import DUMMY_HASH, Hashing, HashingBusy
 from store.runtime import Runtime
+from store.unit_of_work import Audit, unit_of_work
 
 Role = Literal["owner", "admin", "approver", "policy_author", "viewer"]
 KeyRole = Literal["owner", "admin", "approver", "policy_author", "viewer", "agent"]
@@ -550,18 +551,24 @@ class ApiKeyController(Controller):
         # Emergency tier: revoking a key works even when the caller's standard budget is spent.
         caller = await admit(request, org_id, "api_keys", "manage", tier="emergency")
         await declared_body(request)
-        runtime = _runtime(request)
-        async with runtime.sessions() as session, session.begin():
-            key = await accounts.revoke_api_key(session, org_id, key_id)
+        async with unit_of_work(_runtime(request), org_id, audit=_audit(request, caller)) as uow:
+            key = await accounts.revoke_api_key(uow.session, org_id, key_id)
             if key is None:
                 raise NotFound()
             _require_manage(caller, key.role)
-            await record_change(request, caller, "api_key.revoked", details={"key_id": key.id, "name": key.name, "role": key.role})
-            version = await bump_org_version(session, org_id)
-        request.app.state.authenticator.evict(key.key_hash)
-        # Every process (and gateway) evicts the key from its caches at once.
-        await announce(runtime.bus, "api_key_revoked", org_id, version, key_id=key.id, key_hash=key.key_hash)
+            await uow.record("api_key.revoked", {"key_id": key.id, "name": key.name, "role": key.role})
+            # Every process (and gateway) evicts the key from its caches at once, this one included.
+            uow.announce(ApiKeyRevoked(org_id=org_id, version=uow.version, key_id=key.id, key_hash=key.key_hash))
         return _key_out(key)
+
+
+def _audit(request: Request[Any, Any, Any], caller: Caller) -> Audit:
+    """The unit of work's audit hook: the change's event, inside its transaction."""
+
+    async def hook(kind: str, details: dict[str, Any] | None, _session: Any, **fields: Any) -> None:
+        await record_change(request, caller, kind, details=details, **fields)
+
+    return hook
 
 
 ROUTES = [login, OrgController, MemberController, OrgInvitationController, MyInvitationController, ApiKeyController]

@@ -20,6 +20,7 @@ from policies import manifest as doc_rules
 from policies.capabilities import is_valid_pattern, matches_any
 from store import changes
 from store import manifests as repo
+from store.bus_messages import ManifestChanged
 from store.models import Manifest, ManifestEvent
 from store.runtime import Runtime
 
@@ -369,10 +370,10 @@ async def _transition(
             raise NotFound()
         await record_change(request, caller, f"manifest.{action}", uapk_id=result.manifest.uapk_id, details={"manifest_id": result.manifest.id, "version": result.manifest.version, "to_status": result.manifest.status, "approved": list(result.manifest.approved) if action == "approve" else None, "superseded": [x.id for x in result.superseded] or None, "reason": reason})
         version = await changes.bump_org_version(session, org_id)
-    await changes.announce(
-        runtime.bus, "manifest", org_id, version, uapk_id=result.manifest.uapk_id,
+    await changes.announce(runtime.bus, ManifestChanged(
+        org_id=org_id, version=version, uapk_id=result.manifest.uapk_id,
         manifest_id=result.manifest.id, status=result.manifest.status,
-    )
+    ))
     return result
 
 
@@ -443,7 +444,7 @@ class ManifestController(Controller):
                 ) from None
             await record_change(request, caller, "manifest.registered", uapk_id=m.uapk_id, details={"manifest_id": m.id, "version": m.version, "manifest_hash": m.manifest_hash, "to_status": m.status})
             version = await changes.bump_org_version(session, org_id)
-        await changes.announce(runtime.bus, "manifest", org_id, version, uapk_id=m.uapk_id, manifest_id=m.id, status=m.status)
+        await changes.announce(runtime.bus, ManifestChanged(org_id=org_id, version=version, uapk_id=m.uapk_id, manifest_id=m.id, status=m.status))
         agent = document["agent"]
         return Registered(
             manifest_id=m.id, uapk_id=m.uapk_id, status=m.status, manifest_hash=m.manifest_hash,

@@ -76,16 +76,11 @@ async def _with_org(settings: Any, slug: str, fn: Any) -> Any:
 
 
 async def _org_snapshot(runtime: Any, org_id: str) -> Any:
-    from gateway.state import source_from_rows
-    from policies.compile import compile_org
-    from store import gateway_state, policy_rules
+    from store.compiled_org import load_compiled_org
 
-    async with runtime.sessions() as session:
-        rows = await gateway_state.load_org_rows(session, org_id)
-        rules = await policy_rules.load_gateway_rules(session, org_id)
     s = runtime.settings
-    return compile_org(policy_rules.with_rules(source_from_rows(rows), rules),
-                       default_per_hour=s.default_max_actions_per_hour, default_per_day=s.default_max_actions_per_day)
+    return await load_compiled_org(runtime.sessions, org_id, default_per_hour=s.default_max_actions_per_hour,
+                                   default_per_day=s.default_max_actions_per_day)
 
 
 # --- test ----------------------------------------------------------------------------------
@@ -198,7 +193,7 @@ def run(args: argparse.Namespace, settings_loader: Any) -> int:
     return {"test": cmd_test, "export": cmd_export, "import": cmd_import}[args.policy_command](args, settings_loader)
 
 
-def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> argparse.ArgumentParser:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     p = sub.add_parser("policy", help="test, export or import organization policy rules")
     ps = p.add_subparsers(dest="policy_command", required=True)
     t = ps.add_parser("test", help="run a YAML file of cases; exit 0 when all pass, 1 otherwise")

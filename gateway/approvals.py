@@ -15,6 +15,7 @@ from core.errors import ServiceUnavailable
 from gateway.overrides import action_hash, bound_action, issue_override
 from gateway.idsets import ExpiringIds
 from store import approvals as repo
+from store.bus_messages import OverrideConsumed
 from store.changes import announce
 from store.models import Approval
 from store.runtime import Runtime
@@ -206,7 +207,7 @@ async def on_override_consumed(
         async with runtime.sessions() as session, session.begin():
             await repo.mark_override_used(session, org_id, approval_id, jti, utcnow())
         if expires_at is not None:
-            await announce(runtime.bus, "override_consumed", org_id, jti=jti, exp=expires_at)
+            await announce(runtime.bus, OverrideConsumed(org_id=org_id, jti=jti, exp=expires_at))
     except Exception:  # pragma: no cover - logged for operators; the execute already happened
         log.exception("could not record override use", extra={"approval_id": approval_id})
 
@@ -231,7 +232,7 @@ class UsedOverrides(ExpiringIds):
     """Spent override-token ids, until they expire (see gateway.idsets)."""
 
     def __init__(self) -> None:
-        super().__init__("override_consumed", repo.overrides_used_since)
+        super().__init__(OverrideConsumed, repo.overrides_used_since)
 
 
 async def override_spent(runtime: Runtime, approval: Approval, used: Any = None) -> bool:

@@ -32,6 +32,7 @@ from core.tokens import CAPABILITY_TYP, LEEWAY_SECONDS, TokenInvalid, sign, veri
 from gateway.idsets import ExpiringIds
 from policies.capabilities import covered_by_any, is_valid_pattern, matches_any
 from store import captokens as repo
+from store.bus_messages import CapabilityTokenRevoked, Change, ManifestChanged
 from store.changes import announce
 from store.runtime import Runtime
 
@@ -174,12 +175,12 @@ class RevocationList(ExpiringIds):
     """jti -> expiry of revoked capability tokens still worth remembering."""
 
     def __init__(self, runtime: Runtime | None = None) -> None:
-        super().__init__("capability_token_revoked", _revoked_loader)
+        super().__init__(CapabilityTokenRevoked, _revoked_loader)
         self._runtime = runtime
 
-    async def on_change(self, message: dict[str, Any]) -> None:
+    async def on_change(self, message: Change) -> None:
         await super().on_change(message)
-        if (message.get("kind") == "manifest" and message.get("status") in ("suspended", "revoked")
+        if (isinstance(message, ManifestChanged) and message.status in ("suspended", "revoked")
                 and self._runtime is not None):
             # Suspending or revoking a manifest revokes its tokens in the same transaction
             # (store.manifests.transition), without one message per token: learn them now, so
@@ -205,7 +206,7 @@ async def revoke(runtime: Runtime, org_id: str, token_id: str, by: str, audit: C
             await audit.record("capability_token.revoked", org_id=org_id, uapk_id=row.uapk_id,
                                agent_id=row.agent_id, details={"token_id": row.id})
     if row is not None:
-        await announce(runtime.bus, "capability_token_revoked", org_id, jti=row.id, exp=row.expires_at.timestamp())
+        await announce(runtime.bus, CapabilityTokenRevoked(org_id=org_id, jti=row.id, exp=row.expires_at.timestamp()))
     return row
 
 

@@ -8,21 +8,23 @@ tokens — a Redis that lost its single-use markers)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from core.clock import utcnow
 from core.tokens import LEEWAY_SECONDS
+from store.bus_messages import CapabilityTokenRevoked, Change, OverrideConsumed
 
 # (session, since, now) -> [(id, expires_at)]
 Loader = Callable[[Any, datetime | None, datetime], Awaitable[list[tuple[str, datetime]]]]
 
 
 class ExpiringIds:
-    def __init__(self, message_kind: str, loader: Loader):
+    def __init__(self, message_type: type[CapabilityTokenRevoked] | type[OverrideConsumed], loader: Loader):
         self._ids: dict[str, float] = {}  # id -> expiry (epoch s)
         self._since: datetime | None = None
-        self.message_kind = message_kind
+        self.message_type = message_type  # the bus message that adds one id
         self._loader = loader
 
     def __contains__(self, token_id: str) -> bool:
@@ -52,8 +54,6 @@ class ExpiringIds:
         self._since = now
         self.prune()
 
-    async def on_change(self, message: dict[str, Any]) -> None:
-        if message.get("kind") == self.message_kind:
-            token_id, exp = message.get("jti"), message.get("exp")
-            if isinstance(token_id, str) and isinstance(exp, (int, float)):
-                self.add(token_id, float(exp))
+    async def on_change(self, message: Change) -> None:
+        if isinstance(message, self.message_type):
+            self.add(message.jti, message.exp)

@@ -1,11 +1,14 @@
 """Per-organization compiled policy snapshots, in memory, kept fresh.
 
-* Lazy: an org is loaded from SQL (``store.gateway_state``) and compiled on its first
-  decision; after that a decision reads one dict entry (no SQL).
-* Changes: every message on the change bus naming a loaded org (``{"kind": "manifest" |
-  "policy" | ..., "org_id": ...}``) rebuilds it. In-process the bus delivers synchronously
-  inside ``announce()``, so a transition changes decisions before ``announce`` returns; other
-  processes get it through Redis pub/sub within milliseconds.
+* Lazy: an org is loaded from SQL and compiled (``store.compiled_org.load_compiled_org``) on
+  its first decision; after that a decision reads one dict entry (no SQL).
+* Changes: a change-bus message that invalidates a compiled org (``ManifestChanged``,
+  ``PolicyChanged``: ``invalidates_org`` in ``store.bus_messages``) and names a loaded org
+  rebuilds it, unless the snapshot already has its version; every other message (a capability
+  token revoked, an override spent, a key revoked) loads nothing (a key revocation moves the
+  org's version, so the catch-up poll below reloads once for it). In-process the bus delivers
+  synchronously inside ``announce()``, so a transition changes decisions before ``announce``
+  returns; other processes get it through Redis pub/sub within milliseconds.
 * Catch-up: a background task compares the loaded orgs' ``org_state`` versions every
   ``poll_interval`` seconds (2 s) and rebuilds the ones that moved (a missed message).
 * Atomic swap: a rebuild compiles a whole new ``CompiledOrg`` and then replaces the dict
@@ -17,47 +20,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 from core.settings import Settings
 from core.tasks import cancel
-from policies.compile import CompiledOrg, ManifestSnapshot, OrgPolicySource, compile_org
-from store import gateway_state, policy_rules
+from policies.compile import CompiledOrg
+from store import gateway_state
+from store.bus_messages import Change
+from store.compiled_org import load_compiled_org
 from store.runtime import Runtime
 
 log = logging.getLogger("bastion.gateway.state")
-
-# Change kinds that cannot affect a decision (others, known or not, rebuild the org).
-_IGNORED_KINDS = frozenset({"api_key_revoked", "approval", "approval_decided", "override_used"})
-
-
-def _int_or_none(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def source_from_rows(rows: gateway_state.OrgRows) -> OrgPolicySource:
-    manifests = []
-    for r in rows.manifests:
-        c = r.constraints
-        human = c.get("require_human_approval")
-        manifests.append(
-            ManifestSnapshot(
-                manifest_id=r.id,
-                uapk_id=r.uapk_id,
-                status=r.status,
-                approved=tuple(r.approved),
-                require_human_approval=tuple(x for x in human if isinstance(x, str)) if isinstance(human, list) else (),
-                max_actions_per_hour=_int_or_none(c.get("max_actions_per_hour")),
-                max_actions_per_day=_int_or_none(c.get("max_actions_per_day")),
-                team=r.team,
-                manifest_hash=r.manifest_hash,
-                version=r.version,
-                created_at=r.created_at.timestamp() if r.created_at else 0.0,
-                require_capability_token=c.get("require_capability_token") is True,
-            )
-        )
-    # Org policy rules (policies/rules.py) are attached by store.policy_rules.with_rules in _load.
-    return OrgPolicySource(rows.org_id, rows.version, tuple(manifests), ())
 
 
 class GatewayState:
@@ -107,25 +79,20 @@ class GatewayState:
 
     async def _load(self, org_id: str) -> CompiledOrg:
         self.loads += 1
-        async with self.runtime.sessions() as session:
-            rows = await gateway_state.load_org_rows(session, org_id)
-            rules = await policy_rules.load_gateway_rules(session, org_id)  # after the version: never newer-labelled
-        return compile_org(
-            policy_rules.with_rules(source_from_rows(rows), rules),
+        return await load_compiled_org(
+            self.runtime.sessions, org_id,
             default_per_hour=self.settings.default_max_actions_per_hour,
             default_per_day=self.settings.default_max_actions_per_day,
         )
 
-    async def on_change(self, message: dict[str, Any]) -> None:
-        org_id = message.get("org_id")
-        if not isinstance(org_id, str):
-            return
+    async def on_change(self, message: Change) -> None:
+        if not message.invalidates_org:
+            return  # a token revoked, an override spent, a key revoked: nothing compiled here changed
+        org_id = message.org_id
         lock = self._locks.get(org_id)
         if org_id not in self._orgs and not (lock is not None and lock.locked()):
             return  # not loaded here (nor loading): the first decision loads it fresh
-        if message.get("kind") in _IGNORED_KINDS:
-            return
-        version = message.get("version")
+        version = getattr(message, "version", None)
         current = self._orgs.get(org_id)
         if isinstance(version, int) and current is not None and current.version >= version:
             return

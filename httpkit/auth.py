@@ -20,6 +20,7 @@ from httpkit.ratelimit import credential_bucket
 from policies.rbac import default_roles
 from store import accounts
 from store.api_keys import KEY_PREFIX, hash_key
+from store.bus_messages import ApiKeyRevoked, Change
 from store.runtime import Runtime
 
 SESSION_AUDIENCE = "bastion-api"
@@ -57,13 +58,10 @@ class Authenticator:
         self._cache: dict[str, tuple[Principal, float]] = {}
         runtime.bus.subscribe(self._on_change)
 
-    async def _on_change(self, message: dict[str, Any]) -> None:
-        if message.get("kind") == "api_key_revoked":
-            key_hash, key_id = message.get("key_hash"), message.get("key_id")
-            if isinstance(key_hash, str):
-                self._cache.pop(key_hash, None)
-            if isinstance(key_id, str):
-                self.evict_id(key_id)
+    async def _on_change(self, message: Change) -> None:
+        if isinstance(message, ApiKeyRevoked):
+            self._cache.pop(message.key_hash, None)
+            self.evict_id(message.key_id)
 
     def evict(self, key_hash: str) -> None:
         self._cache.pop(key_hash, None)

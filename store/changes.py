@@ -5,13 +5,16 @@ does two things:
 
 1. inside the writing transaction, ``bump_org_version`` increments ``org_state.version``
    (so a process that missed a message notices within its poll interval), and
-2. after the commit, ``announce`` publishes ``{"kind": ..., "org_id": ..., "version": ...}``
-   on the change bus (pub/sub in Redis mode, in-process otherwise), which every gateway
-   process receives within milliseconds.
+2. after the commit, ``announce`` publishes a typed message (``store.bus_messages``:
+   ``ManifestChanged(org_id=..., version=..., ...)`` and the others) on the change bus (pub/sub
+   in Redis mode, in-process otherwise), which every gateway process receives within
+   milliseconds.
+
+``store.unit_of_work`` does both, with the audit event, for a change in one transaction.
+Changes that do not alter what a gateway compiles (a capability token revoked, an override
+spent) announce without bumping the version: no process reloads anything for them.
 """
 from __future__ import annotations
-
-from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -19,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.clock import utcnow
 from store.bus import ChangeBus
+from store.bus_messages import Change
 from store.models import ChangeLog
 
 
@@ -44,5 +48,6 @@ async def org_versions(session: AsyncSession) -> dict[str, int]:
     return {r[0]: int(r[1]) for r in rows}
 
 
-async def announce(bus: ChangeBus, kind: str, org_id: str, version: int | None = None, **extra: Any) -> None:
-    await bus.publish({"kind": kind, "org_id": org_id, "version": version, **extra})
+async def announce(bus: ChangeBus, message: Change) -> None:
+    """After the commit: tell this process and every other one."""
+    await bus.publish(message)

@@ -6,20 +6,21 @@
   ``load_policy`` / ``save_policy`` into / from a Casbin model of policies/rules_model.conf).
 * ``policy_versions`` keeps every live rule set ever published (version 1, 2, ...; author,
   time, what changed), and each shadow deployment (``kind`` "shadow").
-* Every change bumps ``org_state.version`` in its transaction and, after the commit,
-  announces ``{"kind": "policy"}`` on the change bus (store.changes): every gateway process
-  rebuilds its compiled index within milliseconds, a process that missed the message within
-  its poll interval. ``bump_org_version`` runs first: on PostgreSQL its UPDATE locks the org's
-  row, so concurrent writers of one org take turns and version numbers never collide.
+* Every change is one unit of work (store.unit_of_work): ``org_state.version`` bumped first
+  in its transaction (on PostgreSQL that UPDATE locks the org's row, so concurrent writers of
+  one org take turns and version numbers never collide), the audit event inside it and, after
+  the commit, ``PolicyChanged`` on the change bus: every gateway process rebuilds its compiled
+  index within milliseconds, a process that missed the message within its poll interval.
 
 No HTTP here.
 """
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Any
 
 from casbin.persist.adapters.asyncio import AsyncAdapter
 from sqlalchemy import delete, func, select
@@ -28,8 +29,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from core.clock import utcnow
 from core.errors import Conflict, FieldIssue, NotFound, ValidationFailed
 from policies.rules import RULES_MODEL_PATH, Rule, parse_rules, rule_from_line
-from store.changes import announce, bump_org_version
+from store.bus_messages import PolicyChanged
 from store.models import PolicyRuleLine, PolicyShadowDiff, PolicyVersion
+from store.unit_of_work import unit_of_work
 
 LIVE = "live"
 SHADOW = "shadow"
@@ -194,16 +196,13 @@ Audit = Callable[[str, dict[str, Any], AsyncSession], Awaitable[None]]
 
 
 async def _change(runtime: Any, org_id: str, fn: Any, audit: Audit | None) -> Any:
-    """Run ``fn(session)`` -> (result, audit kind, details) in one transaction with the org's
-    state version bumped first; ``audit`` (the controller's audit-trail hook) runs inside it,
-    before the commit (a change that cannot be audited is not made); announce after the commit."""
-    async with runtime.sessions() as session:
-        async with session.begin():
-            state_version = await bump_org_version(session, org_id)  # first: serializes writers (PG row lock)
-            result, kind, details = await fn(session)
-            if audit is not None:
-                await audit(kind, details, session)
-    await announce(runtime.bus, "policy", org_id, state_version)
+    """Run ``fn(session)`` -> (result, audit kind, details) as one unit of work
+    (store.unit_of_work): the org's state version bumped first, ``audit`` (the controller's
+    audit-trail hook) inside the transaction, ``PolicyChanged`` announced after the commit."""
+    async with unit_of_work(runtime, org_id, audit=audit) as uow:
+        result, kind, details = await fn(uow.session)
+        await uow.record(kind, details)
+        uow.announce(PolicyChanged(org_id=org_id, version=uow.version))
     return result
 
 
@@ -325,10 +324,3 @@ async def list_diffs(session: AsyncSession, org_id: str, limit: int, offset: int
                                   .limit(limit).offset(offset))).scalars().all()
     return list(rows), int(total)
 
-
-def with_rules(source: Any, rules: GatewayRules) -> Any:
-    """``OrgPolicySource`` + the compiled rule indexes (live, and shadow if deployed)."""
-    from policies.rules import RuleIndex
-
-    shadow = RuleIndex.build(rules.shadow, rules.shadow_version or 0) if rules.shadow is not None else None
-    return dataclasses.replace(source, rules=RuleIndex.build(rules.live, rules.live_version), shadow_rules=shadow)

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from store.bus_messages import ApiKeyRevoked, Change
 from tests.conftest import Org, assert_error, bootstrap_org, make_key, serve_app
 from tests.members import add_member
 
@@ -118,9 +119,9 @@ async def test_revocation_bumps_the_org_version_and_is_announced(client: Any, or
     from store.changes import org_versions
 
     rt = client.app.state.runtime
-    seen: list[dict[str, Any]] = []
+    seen: list[Change] = []
 
-    async def listen(message: dict[str, Any]) -> None:
+    async def listen(message: Change) -> None:
         seen.append(message)
 
     rt.bus.subscribe(listen)
@@ -132,8 +133,8 @@ async def test_revocation_bumps_the_org_version_and_is_announced(client: Any, or
     async with rt.sessions() as session:
         after = (await org_versions(session))[org.org_id]
     assert after == before + 1
-    msgs = [m for m in seen if m.get("kind") == "api_key_revoked"]
-    assert msgs and msgs[0]["org_id"] == org.org_id and msgs[0]["key_id"] == kid and msgs[0]["version"] == after
+    msgs = [m for m in seen if isinstance(m, ApiKeyRevoked)]
+    assert msgs and msgs[0].org_id == org.org_id and msgs[0].key_id == kid and msgs[0].version == after
     assert key not in repr(msgs)
 
 
@@ -153,8 +154,8 @@ async def test_revocation_reaches_a_second_app_sharing_redis(settings: Any) -> N
         assert key_hash in app_b.state.authenticator._cache  # B would serve it from cache
         got = asyncio.Event()
 
-        async def on_change(message: dict[str, Any]) -> None:
-            if message.get("kind") == "api_key_revoked" and not message.get("_local"):
+        async def on_change(message: Change) -> None:
+            if isinstance(message, ApiKeyRevoked):  # only through Redis: A published it
                 got.set()
 
         app_b.state.runtime.bus.subscribe(on_change)

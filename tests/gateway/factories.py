@@ -5,10 +5,11 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from core.canonical import manifest_hash
 from core.clock import utcnow
+from store.bus_messages import ManifestChanged
 from store.changes import announce, bump_org_version
 from store.models import Manifest
 
@@ -55,7 +56,8 @@ async def add_manifest(
         )
         ver = await bump_org_version(session, org_id)
     if notify:
-        await announce(runtime.bus, "manifest", org_id, ver)
+        await announce(runtime.bus, ManifestChanged(org_id=org_id, version=ver, uapk_id=uapk_id, manifest_id=mid,
+                                                    status=status))
     return mid
 
 
@@ -66,9 +68,11 @@ async def set_status(runtime: Any, org_id: str, manifest_id: str, status: str, *
         values["approved"] = approved
     async with runtime.sessions() as session, session.begin():
         await session.execute(update(Manifest).where(Manifest.id == manifest_id).values(**values))
+        uapk_id = (await session.execute(select(Manifest.uapk_id).where(Manifest.id == manifest_id))).scalar_one()
         ver = await bump_org_version(session, org_id)
     if notify:
-        await announce(runtime.bus, "manifest", org_id, ver)
+        await announce(runtime.bus, ManifestChanged(org_id=org_id, version=ver, uapk_id=uapk_id,
+                                                    manifest_id=manifest_id, status=status))
     return ver
 
 

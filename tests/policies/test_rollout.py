@@ -8,6 +8,7 @@ import asyncio
 import time
 from typing import Any
 
+from store.bus_messages import PolicyChanged
 from tests.conftest import make_key, serve_app
 from tests.gateway.factories import action, add_manifest
 from tests.timing import limit
@@ -64,7 +65,7 @@ async def test_new_version_reaches_another_process_within_a_second(pg_url: str, 
             assert r.status_code == 200
         finally:
             bus.publish = original
-        assert published and published[0]["kind"] == "policy"
+        assert published and isinstance(published[0], PolicyChanged)
         await asyncio.sleep(0.2)
         assert second.app.state.gateway.state.peek(org.org_id).rules.version == 1  # not delivered
         assert org.org_id in await second.app.state.gateway.state.poll_once()

@@ -5,6 +5,7 @@ from typing import Any
 
 from core.canonical import manifest_hash
 from core.clock import utcnow
+from store.bus_messages import ManifestChanged
 from store.changes import announce, bump_org_version
 from store.models import Manifest, new_id
 
@@ -36,7 +37,8 @@ async def active_manifest(
         )
         session.add(m)
         version_no = await bump_org_version(session, org_id)
-    await announce(runtime.bus, "manifest", org_id, version_no, uapk_id=uapk_id)
+    await announce(runtime.bus, ManifestChanged(org_id=org_id, version=version_no, uapk_id=uapk_id, manifest_id=m.id,
+                                                status=status))
     return m
 
 
@@ -47,4 +49,5 @@ async def set_status(app: Any, manifest: Manifest, status: str) -> None:
     async with runtime.sessions() as session, session.begin():
         await session.execute(update(Manifest).where(Manifest.id == manifest.id).values(status=status))
         version_no = await bump_org_version(session, manifest.org_id)
-    await announce(runtime.bus, "manifest", manifest.org_id, version_no, uapk_id=manifest.uapk_id)
+    await announce(runtime.bus, ManifestChanged(org_id=manifest.org_id, version=version_no, uapk_id=manifest.uapk_id,
+                                                manifest_id=manifest.id, status=status))
