@@ -32,7 +32,6 @@ OVERRIDE_AUDIENCE = "bastion-override"
 INVALID = "override_token_invalid"
 EXPIRED = "override_token_expired"
 MISMATCH = "override_token_action_mismatch"
-ALREADY_USED = "override_token_already_used"  # decided by the gateway's single-use marker
 
 _REQUIRED = ("exp", "iat", "nbf", "jti", "iss", "aud", "sub", "org_id", "uapk_id", "agent_id", "approval_id", "action_hash")
 

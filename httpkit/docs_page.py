@@ -13,14 +13,13 @@ scripts and styles only from this server (no inline script: the page's one line 
 from __future__ import annotations
 
 import importlib.metadata
-from functools import lru_cache
+from functools import cache
 from html import escape
 from pathlib import Path
 from typing import Any
 
 from litestar import Request, Response, Router, get
 from litestar.datastructures import ResponseHeader
-from litestar.enums import MediaType
 from litestar.exceptions import NotFoundException
 from litestar.openapi.plugins import OpenAPIRenderPlugin
 
@@ -69,17 +68,13 @@ ASSETS: dict[str, tuple[str | None, str]] = {
 }
 
 
-def dist_version() -> str:
-    return importlib.metadata.version(DIST)
-
-
 def _static_dir() -> Path:
     # Located through the distribution's metadata: importing the package would pull in its
     # web-framework adapters, which Bastion does not use.
     return Path(str(importlib.metadata.distribution(DIST).locate_file("swagger_ui/static")))
 
 
-@lru_cache(maxsize=None)
+@cache
 def asset_bytes(name: str) -> bytes:
     filename, _ = ASSETS[name]
     if filename is None:

@@ -12,7 +12,6 @@ from core.clock import utcnow
 from store.models import ApiKey, Invitation, Membership, Organization, User, new_id
 
 ROLES = ("owner", "admin", "approver", "policy_author", "viewer")
-KEY_ROLES = ROLES + ("agent",)
 
 
 class DuplicateError(Exception):
