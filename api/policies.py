@@ -303,7 +303,7 @@ class PoliciesController(Controller):
         await admit(request, org_id, "policies", "read")
         req: GatewayActionRequest = await _json(request)
         compiled = await _compiled(request, org_id)
-        d = await request.app.state.gateway.pipeline.decide(req, compiled, spend=False)
+        d = await request.app.state.gateway.explain(req, compiled)
         extra = policy_eval.explain_rules(compiled, d, req)
         return Explained(
             decision=d.decision, reasons=[r.as_dict() for r in d.reasons],

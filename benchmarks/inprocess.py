@@ -1,16 +1,18 @@
 """Policy scale, in process: the cost of one decision as the policy grows.
 
-The gateway decides with ``gateway.pipeline.Pipeline.decide(request, compiled_org, ...)``:
-no HTTP, no SQL, the org's policy compiled into hash sets (``policies.compile``). Here it is
-called directly, warm, with the in-process quota backend (``store.quotas.MemoryQuotas``, so no
-network is timed), on one org of N agents and N rules for N = 10 ... 100k, and on 1k orgs.
+The gateway decides in steps (``gateway.service.Gateway._decide``): ``required_capability``,
+``gateway.evaluate.evaluate(request, compiled_org, now)``, the quota call, ``gateway.settle.
+settle``: no HTTP, no SQL, the org's policy compiled into hash sets (``policies.compile``).
+Here the same steps run directly (:class:`Decider`), warm, with the in-process quota backend
+(``store.quotas.MemoryQuotas``, so no network is timed), without the audit recorder, on one org of N agents and N rules for N = 10 ... 100k, and on 1k orgs.
 pycasbin's own ``enforce`` is timed on the very same Casbin lines (``policies.compile.
 build_enforcer``) to show what the compiled index saves; it walks every line per call, so it
 gets fewer iterations on the big sets.
 
 The policy of size N: N agents ``agent-<i>``, each with an active manifest approving one
-capability (one ``p`` allow line each: N allow lines), a deny rule for one agent in 10, a
-human-approval line for one agent in 10, and 10 org-wide deny rules (``*`` subject). Decisions are drawn at random over
+capability (one ``p`` allow line each: N allow lines), a human-approval line for one agent in
+10, and N policy rules, among them a deny rule for one agent in 10 and 10 org-wide deny rules
+(``*`` subject). Decisions are drawn at random over
 the agents: 80% a granted capability (allow), 10% a capability no rule grants (deny), 10% one
 an org rule forbids (deny by rule).
 """
@@ -56,11 +58,16 @@ def _policy_rules(n: int) -> list[Any]:
             rules.append(Rule(f"r{i}", f"team:team-{i % TEAMS}", f"res{i % RESOURCES}:wire{i}", "escalate"))
         else:
             rules.append(Rule(f"r{i}", "*", f"other{i}:op{i % 7}", "deny"))
+    # Per-agent deny rules (one per 10 agents) and a fixed handful of org-wide ones: org-wide
+    # rules apply to every agent, so their count is what a real org keeps small.
+    rules += [Rule(f"deny-agent-{i}", f"agent:agent-{i}", f"res{i % RESOURCES}:op{(i + 1) % 7}", "deny")
+              for i in range(5, n, 10)]
+    rules += [Rule(f"deny-all-{j}", "*", f"forbidden{j}:op{j % 7}", "deny") for j in range(ORG_WIDE_DENIES)]
     return rules
 
 
 def build_source(org_id: str, n: int, version: int = 1, with_rules: bool = True) -> Any:
-    from policies.compile import DenyRule, ManifestSnapshot, OrgPolicySource
+    from policies.compile import ManifestSnapshot, OrgPolicySource
 
     manifests = []
     for i in range(n):
@@ -80,12 +87,7 @@ def build_source(org_id: str, n: int, version: int = 1, with_rules: bool = True)
                 created_at=float(i),
             )
         )
-    # Per-agent deny rules (one per 10 agents) and a fixed handful of org-wide ones: org-wide
-    # rules apply to every agent, so their count is what a real org keeps small.
-    denies = tuple(DenyRule(pattern=f"res{i % RESOURCES}:op{(i + 1) % 7}", uapk_id=f"agent-{i}")
-                   for i in range(5, n, 10))
-    denies += tuple(DenyRule(pattern=f"forbidden{j}:op{j % 7}") for j in range(ORG_WIDE_DENIES))
-    source = OrgPolicySource(org_id=org_id, version=version, manifests=tuple(manifests), deny_rules=denies)
+    source = OrgPolicySource(org_id=org_id, version=version, manifests=tuple(manifests))
     if with_rules and "rules" in getattr(OrgPolicySource, "__dataclass_fields__", {}):
         import dataclasses
 
@@ -130,6 +132,24 @@ def _percentiles_us(samples_ns: list[int]) -> dict[str, float]:
         return round(s[max(0, min(n - 1, int(-(-q * n // 100)) - 1))] / 1000.0, 3)
 
     return {"p50": pct(50), "p90": pct(90), "p99": pct(99), "mean": round(statistics.fmean(s) / 1000.0, 3)}
+
+
+class Decider:
+    """The gateway's decision steps without state loading, audit and shadow (gateway/service.py)."""
+
+    def __init__(self, quotas: Any):
+        from gateway.capability import required_capability
+        from gateway.evaluate import evaluate
+        from gateway.quota import spend_or_check
+        from gateway.settle import settle
+
+        self.quotas = quotas
+        self._steps = required_capability, evaluate, spend_or_check, settle
+
+    async def decide(self, req: Any, org: Any, *, spend: bool) -> Any:
+        required_capability, evaluate, spend_or_check, settle = self._steps
+        pending = evaluate(req, org, time.time(), capability=required_capability(req))
+        return settle(pending, await spend_or_check(self.quotas, pending, execute=spend))
 
 
 async def _warm(pipeline: Any, orgs: list[Any], reqs: list[tuple[int, Any, str]]) -> int:
@@ -213,10 +233,9 @@ def run(sizes: list[int], n_orgs: int, agents_per_org: int, decisions: int, roun
         casbin_calls: int, casbin_budget_s: float, casbin_max_size: int) -> dict[str, Any]:
     """``rounds`` interleaved passes of ``decisions`` decisions over every configuration."""
     try:
-        from gateway.pipeline import Pipeline
         from store.quotas import MemoryQuotas
     except ImportError as exc:
-        return {"status": "not_available", "reason": f"gateway pipeline not importable: {exc}"}
+        return {"status": "not_available", "reason": f"gateway decision path not importable: {exc}"}
     from policies.compile import build_enforcer
 
     results: dict[str, Any] = {"status": "ok", "sizes": {}, "orgs": {}, "decisions_per_pass": decisions}
@@ -245,7 +264,7 @@ def run(sizes: list[int], n_orgs: int, agents_per_org: int, decisions: int, roun
     results["orgs"] = {"orgs": n_orgs, "agents_per_org": agents_per_org, "compile_s": round(compile_s, 3)}
 
     async def measure() -> dict[str, dict[str, Any]]:
-        pipelines = {k: Pipeline(MemoryQuotas()) for k in configs}
+        pipelines = {k: Decider(MemoryQuotas()) for k in configs}
         wrong = {k: await _warm(pipelines[k], *configs[k]) for k in configs}
         passes: dict[str, list[tuple[list[int], int]]] = {k: [] for k in configs}
         for _ in range(rounds):

@@ -36,7 +36,7 @@ BUCKETS = (
     ("route handler", "execute", "gateway/routes.py"),
     ("authentication", "_principal", "gateway/routes.py"),
     ("body read + decode", "_body", "gateway/routes.py"),
-    ("decision pipeline (incl. Redis)", "decide", "gateway/pipeline.py"),
+    ("decision (incl. Redis)", "_decide", "gateway/service.py"),
     ("Redis quota call", "_run", "store/quotas.py"),
     ("response send", "send_wrapper", "httpkit/context.py"),
     ("access log line", "info", "logging/__init__.py"),

@@ -119,15 +119,15 @@ def issue_captoken(port: int, sc: Scenario) -> str | None:
 
 
 def captoken_in_pipeline() -> bool:
-    """Does the decision pipeline look at ``capability_token`` yet? (capability tokens land in
+    """Does the decision path look at ``capability_token`` yet? (capability tokens land in
     the gateway with another issue; until then the mix sends none)."""
     import inspect
 
     try:
-        from gateway import pipeline
+        from gateway import evaluate
     except ImportError:
         return False
-    return "capability_token" in inspect.getsource(pipeline)
+    return "capability_token" in inspect.getsource(evaluate)
 
 
 def _action_body(uapk_id: str, cap: str, n: int, token: str | None = None, agent_id: str | None = None) -> str:

@@ -12,6 +12,7 @@ import msgspec
 
 from core.clock import isoformat, utcnow
 from core.errors import ServiceUnavailable
+from gateway.decision import Decision, Reason, Step
 from gateway.overrides import action_hash, bound_action, issue_override
 from gateway.idsets import ExpiringIds
 from store import approvals as repo
@@ -96,19 +97,12 @@ async def create_approval(
 TOO_MANY_PENDING = "too_many_pending_approvals"
 
 
-class EscalationAudit:
-    """Wraps the execute's ``gateway.recorder.DecisionRecorder`` for the pipeline: an escalation's
-    event does not ride along with the quota call (the approval step may still turn it into a
-    deny); :func:`escalate` records it, with the final outcome, before its transaction
-    commits. Every other outcome is handed over as before."""
-
-    def __init__(self, recorder: Any):
-        self.recorder = recorder
-
-    def quota_entry(self, d: Any, escalate: Any = None) -> Any:
-        if escalate is not None:
-            return None
-        return self.recorder.quota_entry(d, escalate)
+def final_before_approval(d: Decision) -> bool:
+    """Whether an execute's settled outcome is final before the approval step: an escalation
+    is not (:func:`escalate` may still turn it into a deny), so its event does not ride along
+    with the quota call; :func:`escalate` records it, with the final outcome, before its
+    transaction commits. Every other outcome is final."""
+    return d.decision != "escalate"
 
 
 class AgentLocks:
@@ -138,7 +132,7 @@ async def escalate(
     record: Callable[[Any], Awaitable[None]],
     locks: AgentLocks,
 ) -> str | None:
-    """The approval of an escalated execute (``d``: the pipeline's Decision, ``req``: the
+    """The approval of an escalated execute (``d``: the settled Decision, ``req``: the
     GatewayActionRequest). Returns its id, or ``None`` after turning ``d`` into a deny.
 
     * The identical action (same action hash: same agent, same bound fields) already waiting
@@ -153,8 +147,6 @@ async def escalate(
     concurrent escalations can neither exceed the bound nor duplicate an action. ``record``
     (the decision's audit hand-over) is awaited with the final outcome before the commit:
     an outcome that cannot be audited is not kept (it raises, 503)."""
-    from gateway.pipeline import Reason, Step
-
     uapk_id, agent_id = req.uapk_id, req.agent_id
     action = msgspec.to_builtins(req.action)
     counterparty = msgspec.to_builtins(req.counterparty) if req.counterparty is not None else None

@@ -1,8 +1,9 @@
 """Evaluating policy rules without enforcing them: explain one request, run test cases.
 
-Both run the decision pipeline on an org snapshot in evaluate mode: nothing is spent, no
-approval is created, nothing is recorded. Test cases are deterministic: the quota check
-passes (a fixed result, no Redis) and the time is the case's ``at`` (UTC) when it has one.
+Test cases run ``gateway.evaluate.evaluate`` on an org snapshot and settle it as if the quota
+passed (``gateway.settle.assumed``): nothing is spent, no approval is created, nothing is
+recorded, no Redis. They are deterministic: the time is the case's ``at`` (UTC) when it has
+one. Explain decides through the gateway (``Gateway.explain``: the quota is read, not spent).
 Used by the Policies API (api/policies.py) and ``bastion policy test`` (bastion/policy_cli.py).
 """
 from __future__ import annotations
@@ -16,7 +17,10 @@ from typing import Any, Iterable, Mapping
 
 from core import wire
 from core.errors import FieldIssue, ValidationFailed
-from gateway.pipeline import Decision, Pipeline, required_capability
+from gateway.capability import required_capability
+from gateway.decision import Decision
+from gateway.evaluate import Verifiers, evaluate
+from gateway.settle import assumed, settle
 from gateway.schemas import GatewayActionRequest
 from policies.compile import CompiledOrg, ManifestSnapshot, OrgPolicySource, compile_org
 from policies.rules import (
@@ -26,18 +30,10 @@ from policies.rules import (
     build_rules_enforcer,
     casbin_verdict,
 )
-from store.quotas import OK, QuotaResult
 
 EXPECT_KEYS = ("decision", "reason", "rule")
 DECISIONS = ("allow", "deny", "escalate")
 UNLIMITED = 1_000_000_000
-
-
-class _PassingQuotas:
-    async def check(self, org_id: str, uapk_id: str, hour: int, day: int, mark: Any = None, **_: Any) -> QuotaResult:
-        return QuotaResult(OK, 0, 0, hour, day, time.time(), False)
-
-    spend = check
 
 
 def with_candidate(base: CompiledOrg, rules: Iterable[Rule] | None, label: str = "candidate") -> CompiledOrg:
@@ -175,8 +171,9 @@ async def run_cases(org: CompiledOrg, cases: list[Case], *, cap_verifier: Any = 
     results: list[CaseResult] = []
     for case in cases:
         now = case.at if case.at is not None else time.time()
-        pipeline = Pipeline(_PassingQuotas(), None, clock=lambda now=now: now, cap_verifier=cap_verifier)  # type: ignore[misc]
-        d = await pipeline.decide(case.request, org, spend=False)
+        # No override tokens here (no signing keys); the quota passes with nothing used.
+        pending = evaluate(case.request, org, now, Verifiers(capabilities=cap_verifier))
+        d = settle(pending, assumed(pending))
         actual = outcome(d)
         passed = all(actual.get(k) == v for k, v in case.expect.items())
         results.append(CaseResult(case.name, passed, dict(case.expect), actual,

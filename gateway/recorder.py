@@ -1,24 +1,34 @@
-"""One gateway decision's audit event, handed over exactly once (see the class doc)."""
+"""Step 4 of a decision: its audit event, handed over exactly once (see the class doc)."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from audit.decision import build_decision_event
-from audit.event import reason_dict as _reason
 from audit.stream import encode, stream_key
+from gateway.decision import Decision, Pending
+from gateway.settle import KNOWN_BEFORE_THE_CALL, assumed, settle
 from store.audit_writer import AuditSink
+from store.quotas import OVERRIDE_USED, QuotaAudit
+
+
+def every_outcome(d: Decision) -> bool:
+    return True
 
 
 class DecisionRecorder:
-    """Records one gateway decision exactly once, off the hot path.
+    """Records one gateway decision exactly once, off the hot path. The event is always built
+    from a settled decision (gateway/settle.py), so it says what the answer says.
 
-    Redis mode: :meth:`quota_entry` gives the quota call the encoded event to XADD from the
-    quota script (same round trip); the pipeline calls it right before the quota step with
-    the outcome that holds if the quota admits the action. Decisions that never reach the
-    quota step, and every decision in the embedded mode, are recorded by :meth:`done`
-    (``record``: one XADD, or the in-process queue). Either way ``done`` must be awaited before
-    the answer goes out: it raises ``ServiceUnavailable`` when the event cannot be queued."""
+    Redis mode: :meth:`quota_audit` gives the quota call the events of the outcomes that can
+    be settled before it answers (``settle.KNOWN_BEFORE_THE_CALL``), one per quota status; the
+    script XADDs the one matching its status in the same round trip (``QuotaResult.audited``).
+    Every other decision — those that never reach the quota step, window denials, outcomes the
+    caller keeps for later (an execute's escalation: the approval step decides), and every
+    decision in the embedded mode — is recorded by :meth:`done` (one XADD, or the in-process
+    queue). Either way ``done`` must be awaited before the answer goes out: it raises
+    ``ServiceUnavailable`` when the event cannot be queued."""
 
     def __init__(
         self, sink: AuditSink | None, *, org_id: str, kind: str, req: Any, actor: str | None,
@@ -28,37 +38,44 @@ class DecisionRecorder:
         self.org_id, self.kind, self.req = org_id, kind, req
         self.actor, self.request_id, self.interaction_id = actor, request_id, interaction_id
         self.event_id = str(uuid.uuid4())
-        self.handed_over = False
 
-    def _event(self, d: Any) -> dict[str, Any]:
+    def event(self, d: Decision) -> dict[str, Any]:
+        """The audit event of the settled decision ``d``."""
         e = build_decision_event(
             d, org_id=self.org_id, kind=self.kind, req=self.req, actor=self.actor, request_id=self.request_id,
             interaction_id=self.interaction_id, include_params=bool(self.sink and self.sink.include_params),
         )
         e["event_id"] = self.event_id
-        limits = getattr(d, "limits", None)
+        limits = d.limits
         if limits:
             e["details"] = dict(e.get("details") or {}, limits={"hour": limits[0], "day": limits[1]})
         return e
 
-    def quota_entry(self, d: Any, escalate: Any = None) -> tuple[str, bytes] | None:
-        """(stream key, encoded event) for the quota script to XADD (Redis mode), or None."""
-        if self.sink is None or not self.sink.redis_mode:
+    def quota_audit(
+        self, pending: Pending, *, carried: Callable[[Decision], bool] = every_outcome
+    ) -> QuotaAudit | None:
+        """The events for the quota script (Redis mode), or None. ``carried``: which settled
+        outcomes the script may hand over (the others are recorded by :meth:`done`)."""
+        if self.sink is None or not self.sink.redis_mode or not pending.reaches_quota:
             return None
-        e = self._event(d)
-        if escalate is not None:
-            e["decision"], e["reasons"] = "escalate", [_reason(escalate)]
-        elif getattr(d, "override", None) is not None:
-            e["decision"] = "allow"
-            e["reasons"] = [{"code": "override_token_accepted", "message": "Allowed by a human's override token.",
-                             "details": {"approval_id": getattr(d.override, "approval_id", None)}}]
-        else:
-            e["decision"] = "allow"
-            e["reasons"] = [{"code": "all_checks_passed", "message": "All checks passed.", "details": {}}]
-        self.handed_over = True
-        return stream_key(), encode(e)
+        head = b""
+        tails: dict[int, bytes] = {}
+        for status in KNOWN_BEFORE_THE_CALL:
+            if status == OVERRIDE_USED and pending.override is None:
+                continue  # the script looks up no token: it cannot return that status
+            d = settle(pending, assumed(pending, status))
+            if not carried(d):
+                continue
+            e = self.event(d)
+            # Only the outcome differs between the statuses: one head, a tail per status.
+            outcome = {"decision": e.pop("decision"), "reasons": e.pop("reasons")}
+            head = head or encode(e)[:-1] + b","  # the object without its closing brace
+            tails[status] = encode(outcome)[1:]  # the rest, without the opening brace
+        if not tails:
+            return None
+        return QuotaAudit(stream_key(), head, tails)
 
-    async def done(self, d: Any) -> None:
-        if self.handed_over or self.sink is None:
+    async def done(self, d: Decision) -> None:
+        if self.sink is None or (d.quota is not None and d.quota.audited):
             return
-        await self.sink.record(self._event(d))
+        await self.sink.record(self.event(d))

@@ -2,7 +2,7 @@
 
 Requests forbid unknown fields (the SDK sends exactly these); ``params`` and ``context`` are
 free-form objects. What a type cannot say is checked in one place,
-``gateway.pipeline.required_capability``, on every path that takes an action.
+``gateway.capability.required_capability``, on every path that takes an action.
 """
 from __future__ import annotations
 

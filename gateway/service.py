@@ -1,24 +1,33 @@
-"""The gateway service: ties the state, the pipeline, the quota backend and approvals together.
+"""The gateway service: one decision, step by step (gateway/decision.py lists the steps).
 
 Owned by the app (``app.state.gateway``); the routes stay thin. ``evaluate`` is a dry run;
 ``execute`` spends quota on allow, consumes the override token that allowed it (its use is
 recorded in the database off the response path) and creates an approval on escalate.
+``explain`` decides like ``evaluate`` (the quota is read, never spent) and records nothing.
 """
 from __future__ import annotations
 
 import asyncio
 import functools
 import logging
+import time
 import uuid
-from typing import Any
+from typing import Any, Callable
 
 from core.clock import isoformat
 from core.tasks import cancel, every
-from gateway.recorder import DecisionRecorder
-from gateway.pipeline import Decision, Pipeline, required_capability
-from gateway.shadow import ShadowRecorder
+from gateway.approvals import AgentLocks, UsedOverrides, escalate, final_before_approval, on_override_consumed
+from gateway.capability import required_capability
+from gateway.decision import Decision
+from gateway.evaluate import Verifiers, evaluate
+from gateway.overrides import check_override
+from gateway.quota import spend_or_check
+from gateway.recorder import DecisionRecorder, every_outcome
 from gateway.schemas import EvaluateResponse, ExecuteResponse, GatewayActionRequest, ReasonOut, TraceOut
+from gateway.settle import settle
+from gateway.shadow import ShadowRecorder
 from gateway.state import GatewayState
+from policies.compile import CompiledOrg
 from store.quotas import DAY_EXHAUSTED, HOUR_EXHAUSTED, MemoryQuotas, QuotaBackend, RedisQuotas
 from store.runtime import Runtime
 
@@ -31,14 +40,6 @@ def make_quota_backend(runtime: Runtime) -> QuotaBackend:
     return MemoryQuotas()
 
 
-def _override_checker(runtime: Runtime) -> Any:
-    try:
-        from gateway.overrides import check_override
-    except ImportError:  # pragma: no cover - the approvals module ships with the gateway
-        return None
-    return functools.partial(check_override, runtime.keys, runtime.settings)
-
-
 class Gateway:
     def __init__(
         self,
@@ -48,19 +49,20 @@ class Gateway:
         poll_interval: float = 2.0,
         cap_verifier: Any = None,
         audit: Any = None,
+        clock: Callable[[], float] = time.time,
     ):
         self.runtime = runtime
-        self.audit = audit  # gateway.audit.AuditSink: one event per decision
+        self.audit = audit  # store.audit_writer.AuditSink: one event per decision
         self.state = GatewayState(runtime, poll_interval=poll_interval)
         self.quotas = quotas or make_quota_backend(runtime)
-        from gateway.approvals import AgentLocks, UsedOverrides
-
+        self.clock = clock  # the time the checks run at (the quota windows follow the backend's)
         self.approval_locks = AgentLocks()  # escalations of one agent, serialized in this process
         self.used_overrides = UsedOverrides()
         runtime.bus.subscribe(self.used_overrides.on_change)
         self.poll_interval = poll_interval
-        self.pipeline = Pipeline(
-            self.quotas, _override_checker(runtime), cap_verifier=cap_verifier, used_overrides=self.used_overrides
+        self.verifiers = Verifiers(
+            check_override=functools.partial(check_override, runtime.keys, runtime.settings),
+            capabilities=cap_verifier, used_overrides=self.used_overrides,
         )
         self._background: set[asyncio.Task[Any]] = set()
         self._used_poll: asyncio.Task[None] | None = None
@@ -83,17 +85,21 @@ class Gateway:
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
 
-    async def decide(
-        self, org_id: str, req: GatewayActionRequest, *, spend: bool, uapk_ids: tuple[str, ...] | None,
-        audit: Any = None,
+    async def _decide(
+        self, org_id: str, req: GatewayActionRequest, *, execute: bool, uapk_ids: tuple[str, ...] | None,
+        rec: DecisionRecorder, carried: Callable[[Decision], bool] = every_outcome,
     ) -> Decision:
+        """validate -> org snapshot -> evaluate -> quota (one call, carrying the audit event)
+        -> settle; the shadow rules are evaluated on the side."""
         capability = required_capability(req)  # 400 before any state is touched
         compiled = await self.state.get(org_id)
-        d = await self.pipeline.decide(
-            req, compiled, spend=spend, allowed_uapk_ids=uapk_ids, capability=capability, audit=audit
-        )
-        if compiled.shadow is not None:  # in memory, no I/O: the live decision's quota result
-            await self.shadow.observe(self.pipeline, req, compiled, d, spend=spend, uapk_ids=uapk_ids)
+        pending = evaluate(req, compiled, self.clock(), self.verifiers, capability=capability,
+                           allowed_uapk_ids=uapk_ids)
+        quota = await spend_or_check(self.quotas, pending, execute=execute,
+                                     audit=rec.quota_audit(pending, carried=carried))
+        d = settle(pending, quota)
+        if compiled.shadow is not None:  # in memory, no I/O: reuses the live decision's quota result
+            self.shadow.observe(self.verifiers, req, compiled, d, execute=execute, uapk_ids=uapk_ids)
         return d
 
     async def evaluate(
@@ -103,7 +109,7 @@ class Gateway:
         interaction_id = str(uuid.uuid4())
         rec = DecisionRecorder(self.audit, org_id=org_id, kind="gateway.evaluate", req=req, actor=actor,
                                request_id=request_id, interaction_id=interaction_id)
-        d = await self.decide(org_id, req, spend=False, uapk_ids=uapk_ids, audit=rec)
+        d = await self._decide(org_id, req, execute=False, uapk_ids=uapk_ids, rec=rec)
         await rec.done(d)  # raises (503) when the event cannot be queued: no answer without it
         body = EvaluateResponse(
             interaction_id=interaction_id,
@@ -123,10 +129,8 @@ class Gateway:
         interaction_id = str(uuid.uuid4())
         rec = DecisionRecorder(self.audit, org_id=org_id, kind="gateway.execute", req=req, actor=actor,
                                request_id=request_id, interaction_id=interaction_id)
-        from gateway.approvals import EscalationAudit, escalate
-
         # An escalation is audited by the approval step, which may still turn it into a deny.
-        d = await self.decide(org_id, req, spend=True, uapk_ids=uapk_ids, audit=EscalationAudit(rec))
+        d = await self._decide(org_id, req, execute=True, uapk_ids=uapk_ids, rec=rec, carried=final_before_approval)
         approval_id: str | None = None
         if d.decision == "escalate":
             # Joins the identical pending approval, or creates one within the agent's bound
@@ -155,9 +159,13 @@ class Gateway:
         )
         return body, d
 
-    def _record_override_use(self, org_id: str, approval_id: str, jti: str, expires_at: float) -> None:
-        from gateway.approvals import on_override_consumed
+    async def explain(self, req: GatewayActionRequest, org: CompiledOrg) -> Decision:
+        """The decision ``req`` would get now against ``org`` (a live or candidate snapshot), as
+        ``evaluate`` makes it: the quota is read, nothing is spent or recorded."""
+        pending = evaluate(req, org, self.clock(), self.verifiers)
+        return settle(pending, await spend_or_check(self.quotas, pending, execute=False))
 
+    def _record_override_use(self, org_id: str, approval_id: str, jti: str, expires_at: float) -> None:
         task = asyncio.create_task(on_override_consumed(self.runtime, org_id, approval_id, jti, expires_at))
         self._background.add(task)
         task.add_done_callback(self._background.discard)

@@ -1,10 +1,10 @@
 """Shadow policy: decide with the live rules, also evaluate a candidate set, record differences.
 
-The shadow decision re-runs the pipeline on the org's shadow snapshot (``CompiledOrg.shadow``:
-same manifests, the shadow rules) entirely in memory: the quota backend is replaced by the
-live decision's quota result (no second Redis round trip; when the live decision stopped
-before the quota check the shadow run assumes the quota passes), the clock by the live
-decision's time, and an override token the live run accepted is reused. Nothing is spent.
+The shadow decision evaluates the org's shadow snapshot (``CompiledOrg.shadow``: same
+manifests, the shadow rules) entirely in memory (gateway/evaluate.py) at the live decision's
+time, and settles it with the live decision's quota result (no second Redis round trip; when
+the live decision stopped before the quota check the shadow run assumes the quota passes); an
+override token the live run accepted is reused. Nothing is spent, no fake quota backend.
 
 Differences go into a bounded in-memory buffer (oldest dropped when full, counted in
 ``dropped``) that a background task writes to SQL (``policy_shadow_diffs``) off the response
@@ -22,44 +22,31 @@ import msgspec
 
 from core.clock import utcnow
 from core.tasks import cancel
-from gateway.pipeline import Decision, Pipeline
+from gateway.decision import Decision
+from gateway.evaluate import Verifiers, evaluate
+from gateway.settle import assumed, settle
 from policies.compile import CompiledOrg
 from store import policy_rules
-from store.audit import params_digest
-from store.quotas import OK, QuotaResult
+from audit.event import params_digest
 
 log = logging.getLogger("bastion.gateway.shadow")
 
 
-class _FixedQuotas:
-    """A quota backend answering with one result, without I/O."""
-
-    def __init__(self, result: QuotaResult):
-        self.result = result
-
-    async def check(self, *args: Any, **kwargs: Any) -> QuotaResult:
-        return self.result
-
-    async def spend(self, *args: Any, **kwargs: Any) -> QuotaResult:
-        return self.result
-
-
-async def shadow_decide(pipeline: Pipeline, req: Any, shadow: CompiledOrg, live: Decision, *,
-                        uapk_ids: tuple[str, ...] | None) -> Decision:
-    now = live.timestamp.timestamp()
-    quota = live.quota
-    if quota is None:
-        hour, day = live.limits or (0, 0)
-        quota = QuotaResult(OK, 0, 0, hour, day, now, False)
+def shadow_decide(verifiers: Verifiers, req: Any, shadow: CompiledOrg, live: Decision, *,
+                  uapk_ids: tuple[str, ...] | None) -> Decision:
+    """The decision the shadow rules would have made, at the live decision's time, settled with
+    the live decision's quota result (or, when the live decision read none, a passing one)."""
     if live.override is not None:
-        verdict = live.override
+        accepted = live.override
 
         def check_override(*args: Any, **kwargs: Any) -> Any:
-            return verdict
+            return accepted  # verified once, by the live decision
+        verifiers = Verifiers(check_override, verifiers.capabilities)
     else:
-        check_override = pipeline.check_override  # type: ignore[assignment]
-    p = Pipeline(_FixedQuotas(quota), check_override, clock=lambda: now, cap_verifier=pipeline.cap_verifier)
-    return await p.decide(req, shadow, spend=False, allowed_uapk_ids=uapk_ids, capability=live.capability)
+        verifiers = Verifiers(verifiers.check_override, verifiers.capabilities)
+    pending = evaluate(req, shadow, live.timestamp.timestamp(), verifiers, capability=live.capability,
+                       allowed_uapk_ids=uapk_ids)
+    return settle(pending, live.quota if live.quota is not None else assumed(pending))
 
 
 def _codes(d: Decision) -> list[str]:
@@ -85,14 +72,14 @@ class ShadowRecorder:
             action["params_hash"] = params_digest(action.pop("params", None))
         return action
 
-    async def observe(self, pipeline: Pipeline, req: Any, org: CompiledOrg, live: Decision, *,
-                      spend: bool, uapk_ids: tuple[str, ...] | None) -> Decision | None:
+    def observe(self, verifiers: Verifiers, req: Any, org: CompiledOrg, live: Decision, *,
+                execute: bool, uapk_ids: tuple[str, ...] | None) -> Decision | None:
         """Evaluate ``org.shadow`` for this request; buffer a diff. Never raises."""
         shadow = org.shadow
         if shadow is None:
             return None
         try:
-            sd = await shadow_decide(pipeline, req, shadow, live, uapk_ids=uapk_ids)
+            sd = shadow_decide(verifiers, req, shadow, live, uapk_ids=uapk_ids)
         except Exception:  # the shadow must never break the live path
             log.warning("shadow evaluation failed", exc_info=True)
             return None
@@ -102,7 +89,7 @@ class ShadowRecorder:
             self.buffer.append({
                 "org_id": org.org_id,
                 "shadow_version": shadow.rules.version,
-                "mode": "execute" if spend else "evaluate",
+                "mode": "execute" if execute else "evaluate",
                 "uapk_id": req.uapk_id,
                 "agent_id": req.agent_id,
                 "capability": live.capability,

@@ -26,6 +26,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Callable, Protocol
 
 from core.errors import ServiceUnavailable
@@ -37,6 +38,7 @@ OK = 0
 HOUR_EXHAUSTED = 1
 DAY_EXHAUSTED = 2
 OVERRIDE_USED = 3
+STATUSES = (OK, HOUR_EXHAUSTED, DAY_EXHAUSTED, OVERRIDE_USED)
 
 SCRIPT = (Path(__file__).parent / "lua" / "quota.lua").read_text()
 SCRIPT_SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
@@ -68,6 +70,7 @@ class QuotaResult:
     day_limit: int
     now: float  # the backend's clock, epoch seconds
     spent: bool
+    audited: bool = False  # the call also handed the decision's audit event over (QuotaAudit)
 
     @property
     def ok(self) -> bool:
@@ -93,13 +96,32 @@ class QuotaResult:
         return max(1, math.ceil(reset - self.now))
 
 
+@dataclass(frozen=True, slots=True)
+class QuotaAudit:
+    """The decision's audit event, for the quota call to hand over in the same step.
+
+    The outcome depends on the status the call returns, so the caller gives one event per
+    status it wants carried: ``head + tails[status]`` is that event, encoded (gateway/recorder.py
+    builds them, each from a settled decision); the script XADDs it to ``stream``. A status
+    without a tail is not carried (``QuotaResult.audited`` is then False: the caller records
+    that outcome itself). Backends without a stream (``MemoryQuotas``) carry nothing."""
+
+    stream: str
+    head: bytes
+    tails: Mapping[int, bytes]
+
+
 class QuotaBackend(Protocol):
+    """``audit``: see :class:`QuotaAudit`; ``QuotaResult.audited`` says whether it was carried."""
+
     async def check(
-        self, org_id: str, uapk_id: str, hour_limit: int, day_limit: int, override: OverrideMark | None = None
+        self, org_id: str, uapk_id: str, hour_limit: int, day_limit: int, override: OverrideMark | None = None,
+        audit: QuotaAudit | None = None,
     ) -> QuotaResult: ...
 
     async def spend(
-        self, org_id: str, uapk_id: str, hour_limit: int, day_limit: int, override: OverrideMark | None = None
+        self, org_id: str, uapk_id: str, hour_limit: int, day_limit: int, override: OverrideMark | None = None,
+        audit: QuotaAudit | None = None,
     ) -> QuotaResult: ...
 
 
@@ -128,19 +150,19 @@ class RedisQuotas:
 
     async def check(
         self, org_id: str, uapk_id: str, hour_limit: int, day_limit: int, override: OverrideMark | None = None,
-        audit: tuple[str, bytes] | None = None,
+        audit: QuotaAudit | None = None,
     ) -> QuotaResult:
         return await self._run("check", org_id, uapk_id, hour_limit, day_limit, override, audit)
 
     async def spend(
         self, org_id: str, uapk_id: str, hour_limit: int, day_limit: int, override: OverrideMark | None = None,
-        audit: tuple[str, bytes] | None = None,
+        audit: QuotaAudit | None = None,
     ) -> QuotaResult:
         return await self._run("spend", org_id, uapk_id, hour_limit, day_limit, override, audit)
 
     async def _run(
         self, mode: str, org_id: str, uapk_id: str, hour_limit: int, day_limit: int, override: OverrideMark | None,
-        audit: tuple[str, bytes] | None = None,
+        audit: QuotaAudit | None = None,
     ) -> QuotaResult:
         from redis.exceptions import ConnectionError as RedisConnectionError
         from redis.exceptions import NoScriptError, RedisError
@@ -152,9 +174,9 @@ class RedisQuotas:
         now_arg = "" if self.clock is None else str(int(self.clock() * 1000))
         args = [mode, str(int(hour_limit)), str(int(day_limit)),
                 str(override.expires_at * 1000) if override else "", now_arg]
-        if audit is not None:  # (stream key, event): XADDed by the script (gateway/audit.py)
-            keys.append(audit[0])
-            args.append(audit[1])  # type: ignore[arg-type]
+        if audit is not None:  # the event of each status: head + tail, XADDed by the script
+            keys.append(audit.stream)
+            args += [audit.head, *(audit.tails.get(status, b"") for status in STATUSES)]  # type: ignore[list-item]
         # Fail fast while Redis is known to be failing: with Redis frozen every slot is held for
         # a whole socket timeout, and the calls queued behind them would otherwise each wait
         # for their own timeout in turn (seconds, not the 300 ms budget of a 503).
@@ -185,7 +207,8 @@ class RedisQuotas:
             self._slots.release()
         status, hour_used, day_used, now_ms = (int(x) for x in raw)
         return QuotaResult(
-            status, hour_used, day_used, hour_limit, day_limit, now_ms / 1000.0, mode == "spend" and status == OK
+            status, hour_used, day_used, hour_limit, day_limit, now_ms / 1000.0, mode == "spend" and status == OK,
+            audited=audit is not None and bool(audit.tails.get(status)),
         )
 
 
@@ -199,13 +222,17 @@ class MemoryQuotas:
         self._used_overrides: dict[str, float] = {}  # marker key -> expiry (epoch seconds)
         self._next_sweep = 0.0
 
+    # ``audit`` is accepted for the protocol and not carried (no stream here; the result says
+    # ``audited=False``, so the caller records the event itself).
     async def check(
-        self, org_id: str, uapk_id: str, hour_limit: int, day_limit: int, override: OverrideMark | None = None
+        self, org_id: str, uapk_id: str, hour_limit: int, day_limit: int, override: OverrideMark | None = None,
+        audit: QuotaAudit | None = None,
     ) -> QuotaResult:
         return self._run(False, org_id, uapk_id, hour_limit, day_limit, override)
 
     async def spend(
-        self, org_id: str, uapk_id: str, hour_limit: int, day_limit: int, override: OverrideMark | None = None
+        self, org_id: str, uapk_id: str, hour_limit: int, day_limit: int, override: OverrideMark | None = None,
+        audit: QuotaAudit | None = None,
     ) -> QuotaResult:
         return self._run(True, org_id, uapk_id, hour_limit, day_limit, override)
 

@@ -9,8 +9,11 @@
 -- ARGV[2]  hour limit.  ARGV[3]  day limit.
 -- ARGV[4]  override token expiry in epoch milliseconds ("" without KEYS[2]).
 -- ARGV[5]  test-only clock in epoch milliseconds; "" in production = Redis TIME.
--- ARGV[6]  (optional) the decision's audit event (gateway/audit.py encode), XADDed in this same
---          step to the LAST key (the audit stream) with the status: fields 'e' and 'q'.
+-- ARGV[6]  (optional) the head of the decision's audit event, and ARGV[7..10] the tail for
+--          each status 0..3 (store/quotas.py QuotaAudit): head .. tail of the returned status is
+--          the whole event (JSON, built by the gateway from the settled decision), XADDed in
+--          this same step to the LAST key (the audit stream) as field 'e'. An empty tail: that
+--          outcome is not carried (the gateway records it). Nothing here reads the event.
 --
 -- Windows are fixed and UTC-aligned (epoch seconds are UTC). Returns
 -- {status, hour_used, day_used, now_ms} with status 0 = admitted (and spent when "spend"),
@@ -33,8 +36,9 @@ local dlimit = tonumber(ARGV[3])
 local hused = tonumber(redis.call('GET', hkey) or '0')
 local dused = tonumber(redis.call('GET', dkey) or '0')
 local function done(status)
-  if ARGV[6] ~= nil and ARGV[6] ~= '' then
-    redis.call('XADD', KEYS[#KEYS], '*', 'e', ARGV[6], 'q', tostring(status))
+  local tail = ARGV[7 + status]
+  if tail ~= nil and tail ~= '' then
+    redis.call('XADD', KEYS[#KEYS], '*', 'e', ARGV[6] .. tail)
   end
   return {status, hused, dused, now_ms}
 end

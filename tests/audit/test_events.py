@@ -1,4 +1,4 @@
-"""Event construction: decision events, quota-status finalization, params hashing."""
+"""Event construction: decision events from settled decisions, params hashing, the recorder."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -9,7 +9,6 @@ import pytest
 
 from audit.decision import build_decision_event
 from audit.stream import FIELD, encode
-from store.audit_writer import finalize
 from store import audit as repo
 from tests.audit.helpers import rows, running_sink
 
@@ -72,22 +71,52 @@ def test_params_hash_is_canonical() -> None:
     repo.params_digest({"big": 2**70, "nan": float("nan")})  # canonicalisable after jcs_safe
 
 
-@pytest.mark.parametrize("status,code,window", [(1, "hourly_budget_exceeded", "hour"), (2, "budget_exceeded", "day"),
-                                                (3, "override_token_already_used", None)])
-def test_finalize_turns_a_quota_status_into_the_denial(status: int, code: str, window: str | None) -> None:
-    e = build_decision_event(_Decision(), org_id="o1", kind="gateway.execute", req=_Req(), actor=None,
-                             request_id=None, interaction_id=None)
-    e["details"] = {"limits": {"hour": 10, "day": 100}}
-    out = finalize(e, {b"q": str(status).encode()})
-    assert out["decision"] == "deny" and out["reasons"][0]["code"] == code
-    if window:
-        assert out["reasons"][0]["details"]["window"] == window
-        assert out["reasons"][0]["details"]["limit"] == (10 if window == "hour" else 100)
-    assert finalize(e, {b"q": b"0"}) == e and finalize(e, {}) == e
+def _pending(**manifest: Any) -> Any:
+    """A pending decision of 'support-bot' (10/h, 100/day) for crm:update, at T."""
+    import msgspec
+
+    from gateway.evaluate import evaluate
+    from gateway.schemas import GatewayActionRequest
+    from policies.compile import ManifestSnapshot, OrgPolicySource, compile_org
+
+    fields: dict[str, Any] = {"max_actions_per_hour": 10, "max_actions_per_day": 100, **manifest}
+    m = ManifestSnapshot(manifest_id="m1", uapk_id="support-bot", manifest_hash="sha256:x", version="1.0.0",
+                         status="active", approved=("crm:*",), **fields)
+    org = compile_org(OrgPolicySource("o1", 1, (m,)), default_per_hour=1000, default_per_day=10000)
+    req = msgspec.convert({"uapk_id": "support-bot", "agent_id": "agent-7",
+                           "action": {"tool": "crm", "type": "update"}}, GatewayActionRequest)
+    return evaluate(req, org, T)
+
+
+T = 1_767_227_400.0  # 2026-01-01T00:30:00Z
+
+
+@pytest.mark.parametrize("status,code,details", [
+    (1, "hourly_budget_exceeded", {"limit": 10, "remaining": 0, "reset_at": "2026-01-01T01:00:00Z",
+                                   "retry_after": 1800, "window": "hour"}),
+    (2, "budget_exceeded", {"limit": 100, "remaining": 0, "reset_at": "2026-01-02T00:00:00Z",
+                            "retry_after": 84600, "window": "day"}),
+    (3, "override_token_already_used", {"capability": "crm:update"}),
+])
+def test_settle_turns_a_quota_status_into_the_denial(status: int, code: str, details: dict[str, Any]) -> None:
+    """The one place a quota status becomes a reason; the audit event is built from it."""
+    from gateway.settle import settle
+    from store.quotas import QuotaResult
+
+    d = settle(_pending(), QuotaResult(status, 10, 10, 10, 100, T, False))
+    assert d.decision == "deny" and [r.code for r in d.reasons] == [code]
+    assert d.reasons[0].details == details
+    e = build_decision_event(d, org_id="o1", kind="gateway.execute", req=_Req(), actor=None, request_id=None,
+                             interaction_id=None)
+    assert e["decision"] == "deny" and e["reasons"] == [d.reasons[0].as_dict()]
+    ok = settle(_pending(), QuotaResult(0, 1, 1, 10, 100, T, True))
+    assert ok.decision == "allow" and ok.reasons[0].code == "all_checks_passed"
 
 
 @pytest.mark.parametrize("backend", ["postgres"])  # one backend is what this tests
-async def test_writer_applies_the_quota_status_of_a_stream_entry(backend: str, settings_factory: Any) -> None:
+async def test_writer_stores_a_stream_entry_as_it_is(backend: str, settings_factory: Any) -> None:
+    """The writer appends what the gateway settled; a stream field 'q' (the quota status the
+    script used to add, for the writer to rewrite the outcome) changes nothing."""
     from audit.stream import GROUP, STREAM
 
     async with running_sink(settings_factory()) as (runtime, sink):
@@ -96,7 +125,7 @@ async def test_writer_applies_the_quota_status_of_a_stream_entry(backend: str, s
         await sink._writer_redis.xadd(STREAM, {FIELD: encode(e), "q": "1"})
         await sink.flush()
         (row,) = await rows(runtime, "o9")
-        assert row.decision == "deny" and row.reasons[0]["code"] == "hourly_budget_exceeded"
+        assert row.decision == "allow" and row.reasons == e["reasons"]
         assert (await repo.verify_org(runtime.sessions, "o9", runtime.keys)).valid
         # Acknowledged and deleted only after the commit: nothing pending, nothing left.
         assert (await sink._writer_redis.xpending(STREAM, GROUP))["pending"] == 0
@@ -104,29 +133,37 @@ async def test_writer_applies_the_quota_status_of_a_stream_entry(backend: str, s
 
 
 async def test_decision_recorder_records_exactly_once(settings_factory: Any) -> None:
-    """Redis mode: the event goes with the quota script's XADD (simulated here) and ``done``
-    adds nothing; a decision without a quota step, or the embedded mode: ``done`` records."""
-    from audit.stream import STREAM
+    """Redis mode: the event goes with the quota script's XADD (the real script) and ``done``
+    adds nothing; a decision without a quota step, a window denial, or the embedded mode:
+    ``done`` records."""
+    from gateway.quota import spend_or_check
     from gateway.recorder import DecisionRecorder
+    from gateway.settle import settle
+    from store.quotas import MemoryQuotas, RedisQuotas
 
     async with running_sink(settings_factory()) as (runtime, sink):
-        d = _Decision()
-        rec = DecisionRecorder(sink, org_id="o5", kind="gateway.execute", req=_Req(), actor="api_key:k",
-                               request_id="r1", interaction_id="i1")
-        entry = rec.quota_entry(d)
-        if sink.redis_mode:
-            assert entry is not None
-            assert entry[0] == STREAM
-            await sink._writer_redis.xadd(entry[0], {FIELD: entry[1], "q": "0"})  # what quota.lua does
-        else:
-            assert entry is None
-        await rec.done(d)
-        # A deny before the quota step: no entry, ``done`` records it.
-        deny = _Decision(decision="deny", reasons=[_Reason("capability_not_granted", "no")])
-        rec2 = DecisionRecorder(sink, org_id="o5", kind="gateway.evaluate", req=_Req(), actor="api_key:k",
+        quotas: Any = RedisQuotas(runtime.redis, clock=lambda: T) if sink.redis_mode else MemoryQuotas(lambda: T)
+        pending = _pending(max_actions_per_hour=1)
+        recs = []
+        for i in range(2):  # allowed, then the hour window denies
+            rec = DecisionRecorder(sink, org_id="o1", kind="gateway.execute", req=_Req(), actor="api_key:k",
+                                   request_id=f"r{i}", interaction_id=f"i{i}")
+            audit = rec.quota_audit(pending)
+            assert (audit is not None) == sink.redis_mode
+            d = settle(pending, await spend_or_check(quotas, pending, execute=True, audit=audit))
+            assert d.quota is not None and d.quota.audited == (sink.redis_mode and i == 0)
+            await rec.done(d)  # a no-op once the script carried the event
+            recs.append((rec, d))
+        # A deny before the quota step: no quota call, ``done`` records it.
+        from gateway.decision import Decision, Reason
+
+        deny = Decision("deny", [Reason("capability_not_granted", "no")], [], "crm:update", "pv-7", _Decision.timestamp)
+        rec2 = DecisionRecorder(sink, org_id="o1", kind="gateway.evaluate", req=_Req(), actor="api_key:k",
                                 request_id="r2", interaction_id="i2")
         await rec2.done(deny)
         await sink.flush()
-        stored = await rows(runtime, "o5")
-        assert [(r.request_id, r.decision, r.interaction_id) for r in stored] == [("r1", "allow", "i1"), ("r2", "deny", "i2")]
-        assert stored[0].event_id == rec.event_id
+        stored = await rows(runtime, "o1")
+        assert [(r.request_id, r.decision, r.interaction_id) for r in stored] == [
+            ("r0", "allow", "i0"), ("r1", "deny", "i1"), ("r2", "deny", "i2")]
+        assert [r.event_id for r in stored[:2]] == [rec.event_id for rec, _ in recs]
+        assert stored[1].reasons == [recs[1][1].reasons[0].as_dict()]

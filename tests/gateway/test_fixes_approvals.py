@@ -23,7 +23,7 @@ import pytest
 
 from core.settings import load_settings
 from gateway.overrides import check_override, issue_override
-from gateway.pipeline import Pipeline
+from tests.gateway.steps import Steps
 from gateway.schemas import GatewayActionRequest
 from policies.compile import ManifestSnapshot, OrgPolicySource, compile_org
 from store.keystore import KeyStore
@@ -165,16 +165,16 @@ async def test_token_for_transfer_does_not_allow_wire_all_funds(client: Any, org
     assert (await _execute(client, agent, counterparty=ALICE, token=token))["decision"] == "allow"
 
 
-async def test_type_and_tool_are_bound_in_the_pipeline(tmp_path: Any) -> None:
+async def test_type_and_tool_are_bound_in_the_decision(tmp_path: Any) -> None:
     """Below the HTTP layer's capability rule: same capability, another type or tool."""
     settings = load_settings(env={}, data_dir=tmp_path)
     keys = KeyStore.load_or_create(tmp_path / "keys.json")
-    p = Pipeline(MemoryQuotas(), functools.partial(check_override, keys, settings))
+    p = Steps(MemoryQuotas(), functools.partial(check_override, keys, settings))
     snapshot = ManifestSnapshot(
         manifest_id="m-bot", uapk_id="bot", manifest_hash="sha256:x", version="1.0.0", status="active",
         approved=("payments:transfer",), require_human_approval=("payments:transfer",),
     )
-    o = compile_org(OrgPolicySource("org-1", 1, (snapshot,), ()), default_per_hour=100, default_per_day=100)
+    o = compile_org(OrgPolicySource("org-1", 1, (snapshot,)), default_per_hour=100, default_per_day=100)
     token, _, _ = issue_override(
         keys, settings, approval_id="appr-1", org_id="org-1", uapk_id="bot", agent_id="agent-1",
         capability="payments:transfer", tool="payments", type="transfer", params={}, amount=None, currency=None,

@@ -8,7 +8,7 @@ import pytest
 
 from core.errors import ValidationFailed
 from gateway.captokens import CapClaims, check_action, validate_request
-from gateway.pipeline import required_capability
+from gateway.capability import required_capability
 from gateway.policy_eval import parse_cases
 from gateway.schemas import Action, GatewayActionRequest
 

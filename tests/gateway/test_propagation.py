@@ -105,15 +105,15 @@ async def test_redis_down_during_quota_is_503_never_allow(client: Any, org: Any)
     assert await _allow(client, key)
     gateway = client.app.state.gateway
     dead = make_redis("redis://127.0.0.1:1/0")
-    good = gateway.pipeline.quotas
-    gateway.pipeline.quotas = RedisQuotas(dead)
+    good = gateway.quotas
+    gateway.quotas = RedisQuotas(dead)
     try:
         for path in (EXEC, "/api/v1/gateway/evaluate"):
             r = await client.post(path, json=action(), headers={"X-API-Key": key})
             assert_error(r, 503, "SERVICE_UNAVAILABLE")
             assert int(r.headers["retry-after"]) >= 1
     finally:
-        gateway.pipeline.quotas = good
+        gateway.quotas = good
         await dead.aclose()
     assert await _allow(client, key)
 

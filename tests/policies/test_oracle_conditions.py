@@ -106,7 +106,7 @@ def test_precedence_deny_over_escalate_over_allow() -> None:
         assert casbin_verdict(e, "bot-a", "crm:delete", ctx)[0] == expected
 
 
-# --- whole decisions: manifests (gateway model) + rules (rules model) vs the pipeline --------
+# --- whole decisions: manifests (gateway model) + rules (rules model) vs evaluate + settle -----
 MONDAY = datetime(2026, 1, 5, tzinfo=timezone.utc).timestamp()
 
 
@@ -126,13 +126,13 @@ def manifests(draw: st.DrawFn) -> "ManifestSnapshot":
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ms=st.lists(manifests(), max_size=5), rules=rule_sets(),
        requests=st.lists(st.tuples(st.sampled_from(UAPKS), capabilities, contexts), min_size=1, max_size=8))
-def test_pipeline_decisions_agree_with_casbin(ms: list, rules: list[Rule], requests: list) -> None:  # type: ignore[type-arg]
+def test_decisions_agree_with_casbin(ms: list, rules: list[Rule], requests: list) -> None:  # type: ignore[type-arg]
     import asyncio
 
     import msgspec
 
-    from gateway.pipeline import Pipeline
-    from gateway.policy_eval import _PassingQuotas
+    from gateway.evaluate import evaluate
+    from gateway.settle import assumed, settle
     from gateway.schemas import GatewayActionRequest
     from policies.compile import OrgPolicySource, build_enforcer, casbin_decide, compile_org
 
@@ -154,7 +154,8 @@ def test_pipeline_decisions_agree_with_casbin(ms: list, rules: list[Rule], reque
                 body["counterparty"] = {"jurisdiction": ctx.jurisdiction}
             now = MONDAY + ctx.weekday * 86400 + ctx.minute * 60
             req = msgspec.convert(body, GatewayActionRequest)
-            d = await Pipeline(_PassingQuotas(), None, clock=lambda: now).decide(req, compiled, spend=False)
+            pending = evaluate(req, compiled, now)  # pure: no quota backend, the quota passes
+            d = settle(pending, assumed(pending))
             agent = compiled.agent(uapk)
             granted, human, _ = casbin_decide(grants, uapk, cap)
             effect, _ = casbin_verdict(rule_enforcer, uapk, cap, RuleContext.at(now, ctx.amount, ctx.currency,

@@ -35,8 +35,8 @@ async def test_shadow_records_differences_and_live_decides(client: Any, org: Org
                        max_per_hour=3)
     key = await make_key(client, org, "agent")
     gateway = client.app.state.gateway
-    counting = CountingQuotas(gateway.pipeline.quotas)
-    gateway.pipeline.quotas = counting
+    counting = CountingQuotas(gateway.quotas)
+    gateway.quotas = counting
     assert_error(await client.get(f"{base(org)}/shadow", headers=org.headers), 404, "NOT_FOUND")
     r = await client.post(f"{base(org)}/shadow", json={"rules": SHADOW_RULES}, headers=org.headers)
     assert r.status_code == 201, r.text
@@ -129,8 +129,8 @@ async def test_recorder_buffer_is_bounded(client: Any, org: Org) -> None:
 
     req = msgspec.convert(action("support-bot", tool="crm", type="delete"), GatewayActionRequest)
     for _ in range(5):
-        live = await gateway.pipeline.decide(req, compiled, spend=False)
-        await recorder.observe(gateway.pipeline, req, compiled, live, spend=False, uapk_ids=None)
+        live = await gateway.explain(req, compiled)
+        recorder.observe(gateway.verifiers, req, compiled, live, execute=False, uapk_ids=None)
     assert len(recorder.buffer) == 3 and recorder.dropped == 2
     assert await recorder.flush() == 3
     await recorder.close()

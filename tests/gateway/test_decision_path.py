@@ -1,4 +1,4 @@
-"""The decision pipeline without a server: compiled snapshot + quota backend + clock."""
+"""The decision path without a server: compiled snapshot + quota backend + clock (evaluate -> quota -> settle)."""
 from __future__ import annotations
 
 import asyncio
@@ -13,11 +13,13 @@ import pytest
 from core.errors import ValidationFailed
 from core.settings import load_settings
 from gateway.overrides import check_override, issue_override
-from gateway.pipeline import Pipeline, required_capability
+from gateway.capability import required_capability
 from gateway.schemas import GatewayActionRequest
-from policies.compile import CompiledOrg, DenyRule, ManifestSnapshot, OrgPolicySource, compile_org
+from policies.compile import CompiledOrg, ManifestSnapshot, OrgPolicySource, compile_org
+from policies.rules import Rule, RuleIndex
 from store.keystore import KeyStore
 from store.quotas import MemoryQuotas, RedisQuotas
+from tests.gateway.steps import Steps
 
 T0 = 1_767_225_600  # 2026-01-01T00:00:00Z
 
@@ -30,8 +32,9 @@ class Clock:
         return self.now
 
 
-def org(*manifests: ManifestSnapshot, deny: tuple[DenyRule, ...] = ()) -> CompiledOrg:
-    return compile_org(OrgPolicySource("org-1", 4, manifests, deny), default_per_hour=1000, default_per_day=10000)
+def org(*manifests: ManifestSnapshot, rules: tuple[Rule, ...] = ()) -> CompiledOrg:
+    return compile_org(OrgPolicySource("org-1", 4, manifests, rules=RuleIndex.build(rules, 1 if rules else 0)),
+                       default_per_hour=1000, default_per_day=10000)
 
 
 def bot(uapk: str = "bot", **kw: Any) -> ManifestSnapshot:
@@ -49,7 +52,7 @@ def request(uapk: str = "bot", tool: str = "email", type: str = "send", **extra:
 
 
 @pytest.fixture(params=["memory", "redis"])
-async def env(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[Pipeline, Clock, Any]]:
+async def env(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[Steps, Clock, Any]]:
     clock = Clock(T0 + 100)
     settings = load_settings(env={}, data_dir=tmp_path)
     keys = KeyStore.load_or_create(tmp_path / "keys.json")
@@ -66,7 +69,7 @@ async def env(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[t
         # Bursts of 200 calls share 64 slots: on a busy 2-core machine the production 1 s wait
         # for a slot turns load into 503s ("saturated"); the property here is exactness.
         quotas.slot_wait = 10.0
-    yield Pipeline(quotas, checker, clock), clock, (keys, settings)
+    yield Steps(quotas, checker, clock), clock, (keys, settings)
     if redis is not None:
         await redis.aclose()
 
@@ -99,14 +102,15 @@ async def test_decision_order_and_codes(env: Any) -> None:
 
 async def test_deny_rule_beats_grant(env: Any) -> None:
     p, _, _ = env
-    o = org(bot(approved=("crm:*",)), deny=(DenyRule("crm:delete"),))
+    # An org-wide deny rule (a policy rule with the deny effect) beats the manifest's grant.
+    o = org(bot(approved=("crm:*",)), rules=(Rule("no-delete", "*", "crm:delete", "deny"),))
     d = await p.decide(request(tool="crm", type="delete"), o, spend=False)
-    assert codes(d) == ["capability_not_granted"] and d.reasons[0].details["rule"] == "deny:crm:delete"
-    assert d.trace[2].rule == "deny:crm:delete"
+    assert codes(d) == ["policy_denied"] and d.reasons[0].details["rule"] == "no-delete"
+    assert d.trace[2].check == "capability" and d.trace[2].rule == "policy:no-delete"
     assert (await p.decide(request(tool="crm", type="read"), o, spend=False)).decision == "allow"
 
 
-async def test_quota_edges_through_the_pipeline(env: Any) -> None:
+async def test_quota_edges_through_the_decision_path(env: Any) -> None:
     p, clock, _ = env
     o = org(bot(max_actions_per_hour=2, max_actions_per_day=3))
     clock.now = T0 + 3600 - 1
