@@ -43,7 +43,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> argparse.ArgumentParser:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     p = sub.add_parser("keys", help="list, rotate or retire the token signing keys")
     ks = p.add_subparsers(dest="keys_command", required=True)
     ks.add_parser("list", help="show the key ids and which one signs")

@@ -18,10 +18,11 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -181,7 +182,7 @@ def start_redis(log_dir: Path, db: int = 9, cpus: list[int] | None = None, share
         except Exception:
             if time.monotonic() > deadline or proc.popen.poll() is not None:
                 proc.stop()
-                raise RuntimeError(f"private redis-server did not start:\n{proc.log_tail()}")
+                raise RuntimeError(f"private redis-server did not start:\n{proc.log_tail()}") from None
             time.sleep(0.05)
 
 

@@ -48,7 +48,7 @@ def build_request(host: str, port: int, req: dict[str, Any]) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body_b
 
 
-def percentile(sorted_values: "list[float] | array[float]", q: float) -> float:
+def percentile(sorted_values: list[float] | array[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..100) of an already sorted sequence."""
     n = len(sorted_values)
     if n == 0:
@@ -138,7 +138,7 @@ async def _connection(
             reader = writer = None
             await asyncio.sleep(0.01)
             continue
-        except asyncio.TimeoutError:
+        except TimeoutError:
             stats.error("timeout")
             if stats.recording:
                 stats.per_class[name]["errors"] += 1

@@ -22,9 +22,10 @@ import subprocess
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from benchmarks import infra, scenario
 from benchmarks.summary import render_summary
@@ -65,7 +66,7 @@ class Config:
     casbin_budget_s: float = 6.0
 
     @classmethod
-    def smoke_config(cls, out: Path, **kw: Any) -> "Config":
+    def smoke_config(cls, out: Path, **kw: Any) -> Config:
         return cls(
             smoke=True, out=out, latest=None, workers=(1,), connections=(1, 4), warmup_s=0.3, duration_s=1.0, repeats=1,
             smoke_requests=150, roundtrip_decisions=100, pg_stats_wait_s=1.5, profile_s=1.0,

@@ -5,8 +5,9 @@ document); ``page_params`` reads them from a raw query (for handlers not yet con
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Mapping
+from typing import Annotated, Any
 
 from litestar.di import Provide
 from litestar.params import Parameter

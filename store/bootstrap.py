@@ -16,7 +16,6 @@ from store.api_keys import display_prefix, generate_key, hash_key
 from store.passwords import hash_password, verify_password
 from store.runtime import Runtime
 
-
 ACTOR = "cli:bootstrap"
 
 

@@ -60,7 +60,7 @@ class KeyStore:
 
     # --- persistence -------------------------------------------------------------------
     @classmethod
-    def load_or_create(cls, path: Path) -> "KeyStore":
+    def load_or_create(cls, path: Path) -> KeyStore:
         if path.exists():
             return cls._load(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -70,7 +70,7 @@ class KeyStore:
         return store
 
     @classmethod
-    def _load(cls, path: Path) -> "KeyStore":
+    def _load(cls, path: Path) -> KeyStore:
         raw = path.read_bytes()
         if raw.lstrip().startswith(b"-----BEGIN"):
             private = serialization.load_pem_private_key(raw, password=None)

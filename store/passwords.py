@@ -6,8 +6,8 @@ import base64
 import hashlib
 import hmac
 import os
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
 
 _N, _R, _P, _LEN = 2**14, 8, 1, 32
 
@@ -15,9 +15,7 @@ _N, _R, _P, _LEN = 2**14, 8, 1, 32
 def hash_password(password: str) -> str:
     salt = os.urandom(16)
     digest = hashlib.scrypt(password.encode(), salt=salt, n=_N, r=_R, p=_P, dklen=_LEN)
-    return "scrypt$%d$%d$%d$%s$%s" % (
-        _N, _R, _P, base64.b64encode(salt).decode(), base64.b64encode(digest).decode()
-    )
+    return f"scrypt${_N}${_R}${_P}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
 
 
 def verify_password(password: str, encoded: str) -> bool:
