@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 SOAK = os.environ.get("BASTION_SOAK", "").strip().lower() in {"1", "true", "yes", "on"}
 # Long enough for a loaded CI machine; short enough that a hang fails in reasonable time.

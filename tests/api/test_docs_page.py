@@ -4,9 +4,10 @@ and a Content-Security-Policy without third-party origins covers it."""
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import httpx
 import pytest

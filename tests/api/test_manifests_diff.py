@@ -6,7 +6,9 @@ import hashlib
 from typing import Any
 
 import rfc8785
-from hypothesis import given, settings as hsettings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from core.canonical import manifest_hash
 from policies.manifest import check_document, diff_lines, effective_limits

@@ -4,7 +4,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import rfc8785

@@ -5,8 +5,9 @@ run in tests/faults/test_schemathesis.py fuzzes every operation against it)."""
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterator
+from typing import Any
 
 import httpx
 import pytest

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -29,7 +29,7 @@ class _Decision:
     reasons: list[Any] = field(default_factory=lambda: [_Reason("all_checks_passed", "All checks passed.")])
     capability: str = "crm:update"
     policy_version: str = "pv-7"
-    timestamp: datetime = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=timezone.utc)
+    timestamp: datetime = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
     override: Any = None
 
 

@@ -1,8 +1,8 @@
 """Fixtures of the fault suite: a private Redis per test, Bastion subprocesses on PostgreSQL."""
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 

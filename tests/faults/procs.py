@@ -15,8 +15,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 
@@ -86,7 +87,7 @@ class RedisServer:
     def url(self, db: int = 0) -> str:
         return f"redis://127.0.0.1:{self.port}/{db}"
 
-    def start(self) -> "RedisServer":
+    def start(self) -> RedisServer:
         assert self.proc is None or self.proc.poll() is not None, "already running"
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
@@ -99,9 +100,9 @@ class RedisServer:
             try:
                 if self.client().ping():
                     return self
-            except Exception:
+            except Exception as exc:
                 if self.proc.poll() is not None:
-                    raise RuntimeError(f"redis-server exited: {(self.workdir / 'redis.log').read_text()[-2000:]}")
+                    raise RuntimeError(f"redis-server exited: {(self.workdir / 'redis.log').read_text()[-2000:]}") from exc
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.02)
@@ -135,7 +136,7 @@ class RedisServer:
         if self.proc is not None:
             _stop(self.proc, signal.SIGKILL)
 
-    def __enter__(self) -> "RedisServer":
+    def __enter__(self) -> RedisServer:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
@@ -156,7 +157,7 @@ class TcpProxy:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def start(self) -> "TcpProxy":
+    def start(self) -> TcpProxy:
         self._listen()
         return self
 
@@ -175,7 +176,7 @@ class TcpProxy:
         while not self._stop.is_set():
             try:
                 client, _ = srv.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return
@@ -229,7 +230,7 @@ class TcpProxy:
     def close(self) -> None:
         self.cut()
 
-    def __enter__(self) -> "TcpProxy":
+    def __enter__(self) -> TcpProxy:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
@@ -304,7 +305,7 @@ class BastionServer:
         assert self.proc is not None
         return self.proc.pid
 
-    def start(self, timeout: float = 90) -> "BastionServer":
+    def start(self, timeout: float = 90) -> BastionServer:
         assert self.proc is None or self.proc.poll() is not None, "already running"
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         args = [str(BASTION), "serve"] + (["--only", self.only] if self.only != "all" else [])
@@ -344,7 +345,7 @@ class BastionServer:
         if self.proc is not None:
             _stop(self.proc, signal.SIGTERM, timeout=20)
 
-    def restart(self) -> "BastionServer":
+    def restart(self) -> BastionServer:
         self.stop()
         return self.start()
 
@@ -365,7 +366,7 @@ class BastionServer:
     def close(self) -> None:
         self.stop()
 
-    def __enter__(self) -> "BastionServer":
+    def __enter__(self) -> BastionServer:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

@@ -21,7 +21,8 @@ import json
 import re
 import time
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jwt
 import pytest
@@ -29,9 +30,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.conftest import Org, assert_error, bootstrap_org, make_key
-from tests.members import add_member
 from tests.faults.helpers import manifest_doc
 from tests.gateway.factories import action, add_manifest
+from tests.members import add_member
 
 EXECUTE = "/api/v1/gateway/execute"
 
@@ -208,7 +209,7 @@ async def test_revoked_api_keys_are_refused_everywhere(client: Any, org: Org) ->
         ("GET", f"/api/v1/approvals/{uuid.uuid4()}", None),
         ("POST", "/api/v1/gateway/tokens", {"uapk_id": "rev-bot", "agent_id": "a1", "capabilities": ["email:send"]}),
     ]
-    for role, k in created.items():
+    for k in created.values():
         h = {"X-API-Key": k["key"]}
         for method, url, body in calls:  # warm any cache first
             await client.request(method, url, json=body, headers=h)

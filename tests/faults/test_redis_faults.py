@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -60,7 +60,7 @@ def server_view(server: Any, prefixes: tuple[str, ...] = ("fz-", "kl-")) -> dict
     for rec in json_lines(server.log_text()):
         if rec.get("logger") != "bastion.access" or not str(rec.get("request_id", "")).startswith(prefixes):
             continue
-        end = datetime.strptime(rec["ts"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()
+        end = datetime.strptime(rec["ts"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
         dur = float(rec["duration_ms"]) / 1000
         out[rec["request_id"]] = (end - dur, dur, int(rec["status"]))
     return out

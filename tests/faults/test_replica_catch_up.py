@@ -17,8 +17,9 @@ resubscribe; it never receives the lost message.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -74,7 +75,7 @@ class BusCut:
         finally:
             c.close()
 
-    async def __aenter__(self) -> "BusCut":
+    async def __aenter__(self) -> BusCut:
         assert _subscribers(self.redis) == 2  # A and B listen
         self._acl("resetchannels")  # Redis drops B's subscriber connection
 

@@ -15,16 +15,15 @@ from __future__ import annotations
 from typing import Any
 
 import hypothesis
+import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from schemathesis import checks as st_checks
+from schemathesis.core import NotSet
+from schemathesis.generation import GenerationMode
 
 from tests.faults.helpers import setup_agent
 from tests.faults.procs import BastionServer, sized
-
-import schemathesis  # noqa: E402
-from schemathesis import checks as st_checks  # noqa: E402
-from schemathesis.core import NotSet  # noqa: E402
-from schemathesis.generation import GenerationMode  # noqa: E402
 
 CHECKS = [
     st_checks.not_a_server_error,

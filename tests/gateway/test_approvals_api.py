@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jwt
@@ -34,7 +34,7 @@ async def _expire(client: Any, approval_id: str) -> None:
     async with client.app.state.runtime.sessions() as s, s.begin():
         await s.execute(
             update(Approval).where(Approval.id == approval_id)
-            .values(expires_at=datetime.now(timezone.utc) - timedelta(seconds=1))
+            .values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
         )
 
 
@@ -47,7 +47,7 @@ def _parse(ts: str) -> datetime:
 
 
 async def test_escalation_creates_a_pending_approval(client: Any, org: Org) -> None:
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     approval_id = await _escalate(client, org)
     r = await client.get(f"{_base(org)}/{approval_id}", headers=org.headers)
     assert r.status_code == 200, r.text

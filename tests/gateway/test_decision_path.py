@@ -4,16 +4,17 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import msgspec
 import pytest
 
 from core.errors import ValidationFailed
 from core.settings import load_settings
-from gateway.overrides import check_override, issue_override
 from gateway.capability import required_capability
+from gateway.overrides import check_override, issue_override
 from gateway.schemas import GatewayActionRequest
 from policies.compile import CompiledOrg, ManifestSnapshot, OrgPolicySource, compile_org
 from policies.rules import Rule, RuleIndex

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import functools
+from datetime import UTC
 from typing import Any
 
 import msgspec
@@ -23,12 +24,12 @@ import pytest
 
 from core.settings import load_settings
 from gateway.overrides import check_override, issue_override
-from tests.gateway.steps import Steps
 from gateway.schemas import GatewayActionRequest
 from policies.compile import ManifestSnapshot, OrgPolicySource, compile_org
 from store.keystore import KeyStore
 from store.quotas import MemoryQuotas
 from tests.conftest import Org, assert_error, make_key
+from tests.gateway.steps import Steps
 
 UAPK_ID = "pay-bot"
 AGENT_ID = "agent-1"
@@ -249,14 +250,14 @@ async def test_pending_approvals_bounded_by_the_setting(settings_factory: Any) -
 
 
 async def _expire_all(client: Any) -> None:
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     from sqlalchemy import update
 
     from store.models import Approval
 
     async with client.app.state.runtime.sessions() as s, s.begin():
-        await s.execute(update(Approval).values(expires_at=datetime.now(timezone.utc) - timedelta(seconds=1)))
+        await s.execute(update(Approval).values(expires_at=datetime.now(UTC) - timedelta(seconds=1)))
 
 
 def test_max_pending_approvals_setting() -> None:
@@ -502,7 +503,7 @@ async def test_poll_on_another_process_never_returns_a_used_token(settings_facto
 
 
 async def test_poll_hides_an_expired_token(client: Any, org: Org) -> None:
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     from sqlalchemy import update
 
@@ -514,7 +515,7 @@ async def test_poll_hides_an_expired_token(client: Any, org: Org) -> None:
     await _approve(client, org, body["approval_id"])
     async with client.app.state.runtime.sessions() as s, s.begin():
         await s.execute(update(Approval).where(Approval.id == body["approval_id"])
-                        .values(override_expires_at=datetime.now(timezone.utc) - timedelta(seconds=1)))
+                        .values(override_expires_at=datetime.now(UTC) - timedelta(seconds=1)))
     polled = (await client.get(f"/api/v1/approvals/{body['approval_id']}", headers=agent)).json()
     assert polled["status"] == "APPROVED" and polled["override_token"] is None
     assert polled["override_status"] == "EXPIRED"

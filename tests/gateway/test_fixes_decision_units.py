@@ -7,8 +7,8 @@ import math
 import pytest
 
 from core.errors import ValidationFailed
-from gateway.captokens import CapClaims, check_action, validate_request
 from gateway.capability import required_capability
+from gateway.captokens import CapClaims, check_action, validate_request
 from gateway.policy_eval import parse_cases
 from gateway.schemas import Action, GatewayActionRequest
 

@@ -2,12 +2,13 @@
 sets with subjects of every kind, all effects and conditions, and random requests."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from policies.capabilities import matches
+from policies.compile import ManifestSnapshot
 from policies.rules import (
     Conditions,
     Rule,
@@ -94,7 +95,7 @@ def test_condition_string_round_trip(cond: Conditions) -> None:
 
 
 def test_precedence_deny_over_escalate_over_allow() -> None:
-    ctx = RuleContext.at(datetime(2026, 1, 5, 12, tzinfo=timezone.utc).timestamp())
+    ctx = RuleContext.at(datetime(2026, 1, 5, 12, tzinfo=UTC).timestamp())
     allow = Rule("a", "*", "crm:*", "allow")
     esc = Rule("e", "team:support", "crm:delete", "escalate")
     deny = Rule("d", "agent:bot-a", "*:delete", "deny")
@@ -107,13 +108,11 @@ def test_precedence_deny_over_escalate_over_allow() -> None:
 
 
 # --- whole decisions: manifests (gateway model) + rules (rules model) vs evaluate + settle -----
-MONDAY = datetime(2026, 1, 5, tzinfo=timezone.utc).timestamp()
+MONDAY = datetime(2026, 1, 5, tzinfo=UTC).timestamp()
 
 
 @st.composite
-def manifests(draw: st.DrawFn) -> "ManifestSnapshot":
-    from policies.compile import ManifestSnapshot
-
+def manifests(draw: st.DrawFn) -> ManifestSnapshot:
     return ManifestSnapshot(
         manifest_id=draw(st.uuids()).hex, uapk_id=draw(st.sampled_from(UAPKS)),
         status=draw(st.sampled_from(["active", "active", "suspended"])),
@@ -132,8 +131,8 @@ def test_decisions_agree_with_casbin(ms: list, rules: list[Rule], requests: list
     import msgspec
 
     from gateway.evaluate import evaluate
-    from gateway.settle import assumed, settle
     from gateway.schemas import GatewayActionRequest
+    from gateway.settle import assumed, settle
     from policies.compile import OrgPolicySource, build_enforcer, casbin_decide, compile_org
 
     compiled = compile_org(OrgPolicySource("org", 1, tuple(ms), rules=RuleIndex.build(rules, 1)),

@@ -1,7 +1,7 @@
 """Rules: each condition, fail-closed semantics, validation, files, and the Casbin adapter."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -20,7 +20,7 @@ from policies.rules import (
 
 
 def at(y: int, mo: int, d: int, h: int, mi: int = 0, **kw: Any) -> RuleContext:
-    return RuleContext.at(datetime(y, mo, d, h, mi, tzinfo=timezone.utc).timestamp(), **kw)
+    return RuleContext.at(datetime(y, mo, d, h, mi, tzinfo=UTC).timestamp(), **kw)
 
 
 MONDAY_NOON = at(2026, 1, 5, 12)

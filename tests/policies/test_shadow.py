@@ -124,8 +124,9 @@ async def test_recorder_buffer_is_bounded(client: Any, org: Org) -> None:
     gateway = client.app.state.gateway
     compiled = await gateway.state.get(org.org_id)
     recorder = ShadowRecorder(rt(client), capacity=3, interval=3600)
-    from gateway.schemas import GatewayActionRequest
     import msgspec
+
+    from gateway.schemas import GatewayActionRequest
 
     req = msgspec.convert(action("support-bot", tool="crm", type="delete"), GatewayActionRequest)
     for _ in range(5):
