@@ -67,6 +67,13 @@ class ChangeContext:
         ))
 
 
+    async def hook(self, kind: str, details: dict[str, Any] | None, session: Any, **fields: Any) -> None:
+        """The audit hook of ``store.unit_of_work`` (``hook(kind, details, session, **fields)``):
+        the unit of work calls it inside its transaction. ``session`` is not needed: the sink
+        hands the event over before the commit either way."""
+        await self.record(kind, details=details, **fields)
+
+
 def change_context(request: Any, caller: Any, org_id: str | None = None) -> ChangeContext:
     """The context of a change made by ``caller`` (Principal or Caller) in ``request``."""
     return ChangeContext(

@@ -327,12 +327,18 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _recorded_kinds() -> set[str]:
-    """Event kinds the code records: literal kinds handed to record_change or to a change
-    context's ``record`` (audit/changes.py), the policy store's kinds (returned to its audit
-    hook), and the bootstrap's."""
+    """Event kinds the code records: literal kinds handed to record_change or to a change's
+    ``record`` (audit/changes.py, store/unit_of_work.py), the policy store's kinds (returned to
+    its audit hook), and the bootstrap's. Read from the syntax tree, so an example in a
+    docstring is not a kind."""
+    import ast
     import importlib
     import importlib.util
     import re
+
+    def literal(node: ast.expr) -> str | None:
+        ok = isinstance(node, ast.Constant) and isinstance(node.value, str)
+        return node.value if ok and re.fullmatch(r"[a-z_]+\.[a-z_]+", node.value) else None  # type: ignore[union-attr]
 
     kinds: set[str] = set()
     packages = [p for p in ("api", "gateway", "store", "bastion", "services", "audit") if importlib.util.find_spec(p)]
@@ -341,8 +347,12 @@ def _recorded_kinds() -> set[str]:
         folder = Path(importlib.import_module(package).__file__ or "").parent
         for path in folder.glob("*.py"):
             text = path.read_text(encoding="utf-8")
-            kinds.update(re.findall(r'record_change\(\s*\w+,\s*\w+,\s*"([a-z_]+\.[a-z_]+)"', text))
-            kinds.update(re.findall(r'\.record\(\s*"([a-z_]+\.[a-z_]+)"', text))
+            for node in ast.walk(ast.parse(text)):
+                if not isinstance(node, ast.Call):
+                    continue
+                name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
+                args = node.args[2:3] if name == "record_change" else node.args[:1] if name == "record" else []
+                kinds.update(k for k in map(literal, args) if k)
             if path.name in ("policy_rules.py", "bootstrap.py"):
                 kinds.update(re.findall(r'"((?:policy|org|member|api_key)\.[a-z_]+)"', text))
     return kinds

@@ -82,3 +82,39 @@ async def test_the_transaction_sink_commits_and_rolls_back_with_the_change(backe
         await runtime.engine.dispose()
         if runtime.redis is not None:
             await runtime.redis.aclose()
+
+
+async def test_a_change_context_records_through_a_unit_of_work(settings_factory: Any) -> None:
+    """``ChangeContext.hook`` is the audit hook of store.unit_of_work: the event is handed over
+    inside the change's transaction; a refusal rolls the change back."""
+    from audit.changes import ChangeContext
+    from store.unit_of_work import unit_of_work
+
+    runtime = Runtime.build(settings_factory())
+    try:
+        async with runtime.sessions() as session, session.begin():
+            org = Organization(slug="uow-ctx", name="Uow", created_at=utcnow())
+            session.add(org)
+        queue = QueueSink()
+        ctx = ChangeContext(queue, actor="user:a@b.c", org_id=org.id, request_id="rq-1")
+        async with unit_of_work(runtime, org.id, audit=ctx.hook) as uow:
+            await uow.record("policy.rule_added", {"rule": "r1"})
+        event = queue.queue.get_nowait()
+        assert (event.kind, event.org_id, event.actor, event.request_id, event.details) == (
+            "policy.rule_added", org.id, "user:a@b.c", "rq-1", {"rule": "r1"})
+
+        class Refusing:
+            async def record(self, event: AuditEvent) -> None:
+                raise ServiceUnavailable("down")
+
+        refusing = ChangeContext(Refusing(), actor="user:a@b.c", org_id=org.id)
+        with pytest.raises(ServiceUnavailable):
+            async with unit_of_work(runtime, org.id, audit=refusing.hook) as uow:
+                uow.session.add(Organization(slug="uow-never", name="Never", created_at=utcnow()))
+                await uow.record("org.created", {"slug": "uow-never"})
+        async with runtime.sessions() as session:
+            assert (await session.execute(select(Organization).where(Organization.slug == "uow-never"))).first() is None
+    finally:
+        await runtime.engine.dispose()
+        if runtime.redis is not None:
+            await runtime.redis.aclose()

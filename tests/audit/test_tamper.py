@@ -198,7 +198,7 @@ async def test_inserted_event(chain: Any) -> None:
     stmts += [update(AuditEvent).where(AuditEvent.id == r.id).values(seq=r.seq + 1) for r in rows[15:]]
     await _exec(client, *stmts[: len(rows) - 15])
     await _exec(client, *[update(AuditEvent).where(AuditEvent.id == r.id).values(seq=r.seq + 1) for r in rows[15:]])
-    body = dict(forged, seq=16)
+    body = dict(forged.to_dict(), seq=16)
     await _exec(client, AuditEvent.__table__.insert().values(**body, hash="0" * 64))
     await _rehash_from(client, org, 16)
     v = await _verify(client, org)
