@@ -20,7 +20,7 @@ at once). Anything else on the channel (unknown kind, missing field, not JSON) f
 """
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, get_args
 
 import msgspec
 
@@ -85,7 +85,7 @@ class OverrideConsumed(Change, frozen=True, kw_only=True, tag="override_consumed
 
 
 AnyChange = ManifestChanged | PolicyChanged | ApiKeyRevoked | CapabilityTokenRevoked | OverrideConsumed
-KINDS: tuple[type[Change], ...] = AnyChange.__args__  # type: ignore[attr-defined]
+KINDS: tuple[type[Change], ...] = get_args(AnyChange)
 
 
 class Envelope(msgspec.Struct, frozen=True):
