@@ -132,3 +132,30 @@ async def test_override_use_and_token_revocation_reload_nothing_in_another_proce
             assert log.loads(), "the reload reads the org's manifests"
         finally:
             log.close()
+
+
+async def test_in_process_only_invalidating_messages_reload(client: Any, org: Any) -> None:
+    """Each kind on the in-process bus, for a loaded org, at a newer version: exactly the kinds
+    that invalidate a compiled org reload it."""
+    from store.bus_messages import KINDS, Change
+    from tests.gateway.factories import add_manifest
+
+    runtime = client.app.state.runtime
+    state = client.app.state.gateway.state
+    await add_manifest(runtime, org.org_id, "support-bot")
+    compiled = await state.get(org.org_id)
+    newer = compiled.version + 1  # the listeners compare versions; no SQL change needed to reload
+    samples: list[Change] = [
+        kind(**{"org_id": org.org_id, **{f: v for f, v in {
+            "version": newer, "uapk_id": "support-bot", "manifest_id": "m", "status": "active", "key_id": "k",
+            "key_hash": "h", "jti": f"jti-{kind.__name__}", "exp": 4102444800.0,
+        }.items() if f in kind.__struct_fields__}})
+        for kind in KINDS
+    ]
+    reloaded = {}
+    for message in samples:
+        before = state.loads
+        await runtime.bus.publish(message)  # delivered before publish returns
+        reloaded[type(message).__name__] = state.loads - before
+    assert reloaded == {k.__name__: int(k.invalidates_org) for k in KINDS}
+    assert reloaded["ManifestChanged"] == 1 and reloaded["OverrideConsumed"] == 0
