@@ -12,10 +12,9 @@ import msgspec
 from litestar import Request, get
 
 from core.clock import utcnow
-from core.errors import AuthenticationRequired, NotFound
+from core.errors import NotFound
 from gateway.approvals import ApprovalBase, override_spent, override_status, wire
-from gateway.routes import GATEWAY_ROLES
-from httpkit.auth import authenticator, limit_credential
+from gateway.agent_auth import APPROVAL_POLL, GATEWAY_ROLES, agent_of
 from store import approvals as repo
 from store.runtime import Runtime
 
@@ -37,14 +36,11 @@ class AgentApprovalOut(ApprovalBase):
 _AGENT_FIELDS = AgentApprovalOut.__struct_fields__
 
 
-@get("/api/v1/approvals/{approval_id:str}", tags=["gateway"], summary="An approval's status (and override token once approved)")
+@get("/api/v1/approvals/{approval_id:str}", tags=["gateway"], summary="An approval's status (and override token once approved)",
+     guards=[APPROVAL_POLL])
 async def agent_get_approval(request: Request[Any, Any, Any], approval_id: str) -> AgentApprovalOut:
-    if not request.headers.get("x-api-key"):
-        raise AuthenticationRequired("Missing credentials: send X-API-Key.")
-    principal = await authenticator(request).authenticate(request, sessions=False)
+    principal = agent_of(request)  # any role of the org; the key's own rate limit was spent
     org_id = principal.org_id or ""
-    request.scope.setdefault("state", {})["org_id"] = org_id
-    await limit_credential(request, principal)  # the key's own budget, never its org's
     runtime: Runtime = request.app.state.runtime
     async with runtime.sessions() as session:
         approval = await repo.get(session, org_id, approval_id)

@@ -7,53 +7,17 @@ including deny and escalate, are HTTP 200.
 """
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from litestar import MediaType, Request, Response, Router, post
 from litestar.exceptions import HTTPException
 
-from core.errors import AuthenticationRequired, PermissionDenied, RateLimited
 from core.settings import Settings
 from audit.changes import actor_of, request_id_of
 from gateway.schemas import EvaluateResponse, ExecuteResponse, GatewayActionRequest
 from gateway.service import Gateway, ratelimit_headers
-from httpkit.auth import Principal, authenticator
+from gateway.agent_auth import DECISIONS, GATEWAY_ROLES, agent_of  # noqa: F401  (GATEWAY_ROLES: re-exported)
 from httpkit.openapi import declared_body, request_body
-
-GATEWAY_ROLES = frozenset({"agent", "admin", "owner"})
-
-
-async def _principal(request: Request[Any, Any, Any]) -> Principal:
-    if not request.headers.get("x-api-key"):
-        raise AuthenticationRequired("Missing credentials: the gateway takes X-API-Key.")
-    principal = await authenticator(request).authenticate(request, sessions=False)
-    request.scope.setdefault("state", {})["org_id"] = principal.org_id
-    if principal.role not in GATEWAY_ROLES:
-        raise PermissionDenied(f"Role '{principal.role}' may not call the gateway (agent, admin or owner).")
-    settings: Settings = request.app.state.settings
-    if settings.gateway_key_per_minute > 0:
-        await _key_ceiling(request, principal, settings.gateway_key_per_minute)
-    return principal
-
-
-async def _key_ceiling(request: Request[Any, Any, Any], principal: Principal, per_minute: int) -> None:
-    """Opt-in (``BASTION_GATEWAY_KEY_PER_MINUTE``): a per-API-key ceiling on decision calls,
-    in the management API's rate-limit storage (one more round trip when enabled)."""
-    from limits import RateLimitItemPerMinute
-    from limits.aio.strategies import FixedWindowRateLimiter
-
-    state = request.app.state
-    limiter = getattr(state, "gateway_key_limiter", None)
-    if limiter is None:
-        limiter = state.gateway_key_limiter = FixedWindowRateLimiter(state.rate_limiter.storage)
-    item = RateLimitItemPerMinute(per_minute)
-    key = principal.key_id or ""
-    if not await limiter.hit(item, "gateway-key", key):
-        stats = await limiter.get_window_stats(item, "gateway-key", key)
-        retry = max(1, int(stats.reset_time - time.time() + 0.999))
-        raise RateLimited(f"More than {per_minute} gateway calls per minute for this API key.", retry)
-
 
 async def _body(request: Request[Any, Any, Any]) -> GatewayActionRequest:
     settings: Settings = request.app.state.settings
@@ -68,7 +32,7 @@ def _gateway(request: Request[Any, Any, Any]) -> Gateway:
 
 
 async def evaluate(request: Request[Any, Any, Any]) -> Response[EvaluateResponse]:
-    principal = await _principal(request)
+    principal = agent_of(request)  # the DECISIONS guard authenticated it before the body
     req = await _body(request)
     body, decision = await _gateway(request).evaluate(
         principal.org_id or "", req, uapk_ids=principal.uapk_ids, actor=actor_of(principal), request_id=request_id_of(request)
@@ -77,7 +41,7 @@ async def evaluate(request: Request[Any, Any, Any]) -> Response[EvaluateResponse
 
 
 async def execute(request: Request[Any, Any, Any]) -> Response[ExecuteResponse]:
-    principal = await _principal(request)
+    principal = agent_of(request)
     req = await _body(request)
     body, decision = await _gateway(request).execute(
         principal.org_id or "", req, uapk_ids=principal.uapk_ids, key_id=principal.key_id,
@@ -95,8 +59,8 @@ def router(max_body: int | None = Settings.gateway_max_body) -> Router:
     return Router(
         "/api/v1/gateway",
         route_handlers=[
-            post("/evaluate", status_code=200, tags=["gateway"], summary="Dry-run decision with trace", opt=body)(evaluate),
-            post("/execute", status_code=200, tags=["gateway"], summary="Decide, spend quota, escalate", opt=body)(execute),
+            post("/evaluate", status_code=200, tags=["gateway"], summary="Dry-run decision with trace", opt=body, guards=[DECISIONS])(evaluate),
+            post("/execute", status_code=200, tags=["gateway"], summary="Decide, spend quota, escalate", opt=body, guards=[DECISIONS])(execute),
         ],
         **extra,
     )

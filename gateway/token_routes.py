@@ -13,7 +13,7 @@ from audit.changes import ChangeContext, change_context
 from core.clock import isoformat
 from core.errors import FieldIssue, PermissionDenied, ValidationFailed
 from gateway.captokens import CapClaims, TokenProblem, TokenService, issue, validate_request
-from httpkit.auth import current_principal
+from gateway.agent_auth import TOKEN_ISSUE, TOKEN_VERIFY, agent_of
 from policies.capabilities import is_concrete, matches_any
 from store import captokens as repo
 from store.runtime import Runtime
@@ -80,14 +80,11 @@ async def issue_checked(runtime: Runtime, org_id: str, data: TokenRequest, issue
 
 
 @post("/api/v1/gateway/tokens", tags=["capability tokens"], status_code=HTTP_201_CREATED,
-      summary="Issue a capability token to an agent (narrower than or equal to its manifest)")
+      summary="Issue a capability token to an agent (narrower than or equal to its manifest)", guards=[TOKEN_ISSUE])
 async def issue_for_agent(request: Request[Any, Any, Any], data: TokenRequest) -> TokenIssued:
-    principal = await current_principal(request)
-    if principal.kind != "api_key" or principal.role not in {"agent", "admin", "owner"}:
-        raise PermissionDenied("Capability tokens are issued to agent, admin or owner API keys.")
+    principal = agent_of(request)  # an agent, admin or owner key, authenticated before the body
     if principal.uapk_ids is not None and data.uapk_id not in principal.uapk_ids:
         raise PermissionDenied(f"UAPK '{data.uapk_id}' has no active manifest in this organization.")
-    request.scope.setdefault("state", {})["org_id"] = principal.org_id
     return await issue_checked(request.app.state.runtime, principal.org_id or "", data, "gateway", principal.actor,
                                change_context(request, principal, org_id=principal.org_id))
 
@@ -100,11 +97,9 @@ def claims_dict(c: CapClaims) -> dict[str, Any]:
 
 
 @post("/api/v1/capability-tokens/verify", tags=["capability tokens"], status_code=HTTP_200_OK,
-      summary="Check a capability token (for tools without a JWT library)")
+      summary="Check a capability token (for tools without a JWT library)", guards=[TOKEN_VERIFY])
 async def verify_token(request: Request[Any, Any, Any], data: VerifyRequest) -> VerifyResponse:
-    principal = await current_principal(request)
-    if principal.kind != "api_key":
-        raise PermissionDenied("Use an API key of the token's organization.")
+    principal = agent_of(request)  # any API key of the org, authenticated before the body
     runtime: Runtime = request.app.state.runtime
     verdict = tokens_of(request).verifier.verify(data.token)
     if isinstance(verdict, TokenProblem):
