@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 from core.canonical import canonical_json, manifest_hash
 from core.ids import UAPK_ID
@@ -91,7 +91,7 @@ def _unknown_keys(c: _Collector, obj: dict[str, Any], allowed: tuple[str, ...], 
             c.add(prefix + _key_name(str(key)), f"Unknown field; allowed: {', '.join(allowed)}.")
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -284,9 +284,14 @@ def check_document(document: Any) -> Report:
 
 
 # --- the diff between two versions ------------------------------------------------------
-def _constraints(doc: dict[str, Any]) -> dict[str, Any]:
-    value = doc.get("constraints")
+def _section(doc: dict[str, Any], key: str) -> dict[str, Any]:
+    """``doc[key]`` when it is an object, else an empty one."""
+    value = doc.get(key)
     return value if isinstance(value, dict) else {}
+
+
+def _constraints(doc: dict[str, Any]) -> dict[str, Any]:
+    return _section(doc, "constraints")
 
 
 def _requested(doc: dict[str, Any]) -> list[str]:
@@ -336,8 +341,7 @@ def diff_lines(previous: dict[str, Any] | None, current: dict[str, Any]) -> list
     lines += [f"Added {cap} to require_human_approval" for cap in new_h if cap not in old_h]
     lines += [f"Removed {cap} from require_human_approval" for cap in old_h if cap not in new_h]
 
-    old_a = previous.get("agent") if isinstance(previous.get("agent"), dict) else {}
-    new_a = current.get("agent") if isinstance(current.get("agent"), dict) else {}
+    old_a, new_a = _section(previous, "agent"), _section(current, "agent")
     for key in ("name", "organization", "team"):
         _scalar_change(lines, f"agent.{key}", old_a.get(key), new_a.get(key))
     if old_a.get("description") != new_a.get("description"):
@@ -348,8 +352,7 @@ def diff_lines(previous: dict[str, Any] | None, current: dict[str, Any]) -> list
         else:
             lines.append("Changed agent.description")
 
-    old_m = previous.get("metadata") if isinstance(previous.get("metadata"), dict) else {}
-    new_m = current.get("metadata") if isinstance(current.get("metadata"), dict) else {}
+    old_m, new_m = _section(previous, "metadata"), _section(current, "metadata")
     for key in new_m:
         if key not in old_m:
             lines.append(f"Added metadata.{key}")
