@@ -185,3 +185,104 @@ async def test_no_answer_without_its_event(client: Any, org: Any) -> None:
     assert r.status_code == 200 and r.json()["decision"] == "allow", r.text
     events = await _events(client, org)
     assert [e["request_id"] for e in events] == ["after"]
+
+
+# --- one decision, one event: the same in both modes -------------------------------------------
+_VOLATILE = {"seq", "event_id", "org_id", "actor", "created_at", "interaction_id", "hash", "prev_hash"}
+
+
+async def _decisions_and_events(settings: Any) -> tuple[list[tuple[str, dict[str, Any]]], list[dict[str, Any]]]:
+    """The same calls on a fresh app: every outcome (allow, allow by override, escalate, deny
+    by a check, by each quota window and by a spent override token), then the audited events."""
+    from bastion.app import create_app
+    from tests.conftest import bootstrap_org, serve_app
+
+    async with serve_app(create_app(settings)) as client:
+        org = await bootstrap_org(client.app)
+        runtime = client.app.state.runtime
+        await add_manifest(runtime, org.org_id, "support-bot", approved=["email:send", "crm:read", "stripe:refund"],
+                           require_human_approval=["stripe:refund"], max_per_hour=3, max_per_day=100)
+        await add_manifest(runtime, org.org_id, "daily-bot", approved=["email:send"], max_per_hour=10, max_per_day=1)
+        agent = {"X-API-Key": await make_key(client, org, "agent", ["support-bot", "daily-bot"])}
+        refund = action(tool="stripe", type="refund", amount=10, currency="EUR", params={"charge": "ch_1"})
+        answers: list[tuple[str, dict[str, Any]]] = []
+
+        async def call(endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+            n = len(answers)
+            r = await client.post(f"/api/v1/gateway/{endpoint}", json=body,
+                                  headers={**agent, "X-Request-ID": f"same-{n:02d}"})
+            assert r.status_code == 200, r.text
+            answers.append((endpoint, r.json()))
+            return r.json()  # type: ignore[no-any-return]
+
+        await call("execute", action())  # allow (1 of 3 this hour)
+        await call("evaluate", action())  # allow, nothing spent
+        await call("execute", action(tool="payments", type="wire"))  # deny: capability_not_granted
+        await call("evaluate", action(uapk_id="ghost"))  # deny: manifest_not_found
+        escalated = await call("execute", refund)  # escalate: an approval waits
+        await call("evaluate", refund)  # escalate (evaluate: no approval)
+        r = await client.post(f"/api/v1/orgs/{org.org_id}/approvals/{escalated['approval_id']}/approve",
+                              json={"notes": "ok"}, headers=org.headers)
+        assert r.status_code == 200, r.text
+        with_token = {**refund, "override_token": r.json()["override_token"]}
+        await call("evaluate", with_token)  # allow by the override token (not consumed)
+        await call("execute", with_token)  # allow: override_token_accepted (2 of 3)
+        # Forget the spent token in this process: the quota step's single-use marker refuses it.
+        client.app.state.gateway.used_overrides._ids.clear()
+        await call("execute", with_token)  # deny: override_token_already_used (quota status 3)
+        await call("execute", action(tool="crm", type="read"))  # allow (3 of 3)
+        await call("execute", action())  # deny: hourly_budget_exceeded (quota status 1)
+        await call("evaluate", action())  # deny: hourly_budget_exceeded, read only
+        await call("execute", action(uapk_id="daily-bot"))  # allow (1 of 1 today)
+        await call("execute", action(uapk_id="daily-bot"))  # deny: budget_exceeded (quota status 2)
+        await call("evaluate", action(uapk_id="daily-bot"))  # deny: budget_exceeded, read only
+        events = await _events(client, org)
+    return answers, events
+
+
+def _comparable(e: dict[str, Any], ids: dict[str, str]) -> dict[str, Any]:
+    """An event without what differs between two runs by construction (ids, times, the key);
+    approval ids become their order of appearance."""
+    out = {k: v for k, v in e.items() if k not in _VOLATILE}
+
+    def rename(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: (ids.setdefault(v, f"<approval {len(ids)}>") if k in ("approval_id", "override_approval_id")
+                        and isinstance(v, str) else rename(v)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [rename(v) for v in value]
+        return value
+
+    return rename(out)  # type: ignore[no-any-return]
+
+
+async def test_the_audited_event_is_the_same_in_redis_and_embedded_mode(
+    sqlite_url: str, pg_url: str, redis_url: str, tmp_path: Path,
+) -> None:
+    """Regression (issue 12): a quota denial's audited details were {capability, limit,
+    remaining, window} with Redis (rewritten by the audit writer from the script's status) and
+    {limit, remaining, reset_at, retry_after, window} embedded. Now every event is built from the
+    settled decision: field by field the same in both modes, and the same as the answer."""
+    from core.settings import load_settings
+
+    runs = {}
+    for mode, db, redis in (("embedded", sqlite_url, None), ("redis", pg_url, redis_url)):
+        settings = load_settings(env={}, database_url=db, redis_url=redis, data_dir=tmp_path / mode,
+                                 redis_timeout_ms=2000)
+        runs[mode] = await _decisions_and_events(settings)
+    codes = [(endpoint, got["decision"], got["reasons"][0]["code"]) for endpoint, got in runs["embedded"][0]]
+    assert codes == [(endpoint, got["decision"], got["reasons"][0]["code"]) for endpoint, got in runs["redis"][0]]
+    assert {c for _, _, c in codes} >= {"all_checks_passed", "override_token_accepted", "requires_human_approval",
+                                        "capability_not_granted", "manifest_not_found", "override_token_already_used",
+                                        "hourly_budget_exceeded", "budget_exceeded"}
+    compared = {}
+    for mode, (answers, events) in runs.items():
+        by_request = {e["request_id"]: e for e in events}
+        assert sorted(by_request) == [f"same-{n:02d}" for n in range(len(answers))]
+        for n, (endpoint, got) in enumerate(answers):  # the event says what the answer said
+            e = by_request[f"same-{n:02d}"]
+            assert (e["kind"], e["decision"], e["reasons"]) == (f"gateway.{endpoint}", got["decision"], got["reasons"])
+        ids: dict[str, str] = {}
+        compared[mode] = [_comparable(by_request[f"same-{n:02d}"], ids) for n in range(len(answers))]
+    for n, (embedded, redis) in enumerate(zip(compared["embedded"], compared["redis"])):
+        assert embedded == redis, (n, embedded, redis)
