@@ -211,7 +211,7 @@ def _time_casbin(enforcer: Any, reqs: list[tuple[int, Any, str]], max_calls: int
     wrong = 0
     if rules_enforcer is not None:
         from policies.rules import RuleContext, casbin_verdict
-    for k, (_oi, req, expect) in enumerate(reqs[:max_calls]):
+    for _oi, req, expect in reqs[:max_calls]:
         cap = f"{req.action.tool}:{req.action.type}"
         t0 = perf()
         ok = enforce(subject(req.uapk_id), cap)

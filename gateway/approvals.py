@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import msgspec
 
 from core.clock import isoformat, utcnow
 from core.errors import ServiceUnavailable
 from gateway.decision import Decision, Reason, Step
-from gateway.overrides import action_hash, bound_action, issue_override
 from gateway.idsets import ExpiringIds
+from gateway.overrides import action_hash, bound_action, issue_override
 from store import approvals as repo
 from store.bus_messages import OverrideConsumed
 from store.changes import announce

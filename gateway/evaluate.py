@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Container
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from gateway.capability import required_capability
@@ -83,7 +83,7 @@ def evaluate(
     cap = capability or required_capability(req)
     trace: list[Step] = []
     base = dict(org_id=org.org_id, uapk_id=req.uapk_id, capability=cap, policy_version=org.policy_version,
-                now=now, timestamp=datetime.fromtimestamp(now, timezone.utc))
+                now=now, timestamp=datetime.fromtimestamp(now, UTC))
 
     def deny(check: str, reason: Reason, rule: str | None = None, **more: Any) -> Pending:
         trace.append(Step(check, "fail", reason.message, rule))

@@ -10,23 +10,23 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Iterable, Mapping
-
+from datetime import UTC, datetime
+from typing import Any
 
 from core import wire
 from core.errors import FieldIssue, ValidationFailed
 from gateway.capability import required_capability
 from gateway.decision import Decision
 from gateway.evaluate import Verifiers, evaluate
-from gateway.settle import assumed, settle
 from gateway.schemas import GatewayActionRequest
+from gateway.settle import assumed, settle
 from policies.compile import CompiledOrg, ManifestSnapshot, OrgPolicySource, compile_org
 from policies.rules import (
+    Rule,
     RuleContext,
     RuleIndex,
-    Rule,
     build_rules_enforcer,
     casbin_verdict,
 )
@@ -100,7 +100,7 @@ class CaseResult:
 
 def _parse_at(value: Any, where: str) -> float:
     if isinstance(value, datetime):
-        dt = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        dt = value if value.tzinfo else value.replace(tzinfo=UTC)
         return dt.timestamp()
     if isinstance(value, str):
         try:
@@ -108,7 +108,7 @@ def _parse_at(value: Any, where: str) -> float:
         except ValueError:
             dt = None
         if dt is not None:
-            return (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp()
+            return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
     raise ValidationFailed("Test cases failed validation.", [FieldIssue(where, "Must be an RFC 3339 time, e.g. 2026-01-05T08:00:00Z.")])
 
 

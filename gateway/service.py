@@ -12,7 +12,8 @@ import functools
 import logging
 import time
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from core.clock import isoformat
 from core.tasks import cancel, every

@@ -13,7 +13,7 @@ the approval step and the audit event (gateway/recorder.py) all read the settled
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from gateway.decision import (
     ALL_CHECKS_PASSED,
@@ -100,4 +100,4 @@ def _deny(d: Decision, reason: Reason, rule: str) -> Decision:
 
 
 def _rfc3339(epoch: int) -> str:
-    return datetime.fromtimestamp(epoch, timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(epoch, UTC).isoformat().replace("+00:00", "Z")

@@ -20,6 +20,7 @@ from typing import Any
 
 import msgspec
 
+from audit.event import params_digest
 from core.clock import utcnow
 from core.tasks import cancel
 from gateway.decision import Decision
@@ -27,7 +28,6 @@ from gateway.evaluate import Verifiers, evaluate
 from gateway.settle import assumed, settle
 from policies.compile import CompiledOrg
 from store import policy_rules
-from audit.event import params_digest
 
 log = logging.getLogger("bastion.gateway.shadow")
 

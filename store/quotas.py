@@ -24,10 +24,10 @@ import asyncio
 import hashlib
 import math
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Mapping
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from core.errors import ServiceUnavailable
 
@@ -184,7 +184,7 @@ class RedisQuotas:
             raise ServiceUnavailable("Quota store unavailable; no action was allowed. Retry shortly.")
         try:
             await asyncio.wait_for(self._slots.acquire(), self.slot_wait)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise ServiceUnavailable("Quota store saturated; no action was allowed. Retry shortly.") from None
         try:
             if time.monotonic() < self._failing_until:  # failed while this call was queued
