@@ -4,14 +4,14 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import msgspec
-from litestar import Controller, Request, get, patch, post, delete
+from litestar import Controller, Request, delete, get, patch, post
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 
 from api.validation import EMAIL, SLUG, UAPK_ID, Checker
+from audit.changes import change_context, record_change
 from core.clock import isoformat, utcnow
 from core.errors import AuthenticationRequired, Conflict, NotFound, PermissionDenied, RateLimited
 from core.tokens import SESSION_TYP, sign
-from audit.changes import record_change
 from httpkit.auth import SESSION_AUDIENCE, Caller, admit, current_principal, limit_credential, require_credentials
 from httpkit.openapi import NO_BODY, declared_body
 from httpkit.pagination import Page, pagination
@@ -22,7 +22,7 @@ from store.bus_messages import ApiKeyRevoked
 from store.models import ApiKey, Invitation, Organization, User
 from store.passwords import DUMMY_HASH, Hashing, HashingBusy
 from store.runtime import Runtime
-from store.unit_of_work import Audit, unit_of_work
+from store.unit_of_work import unit_of_work
 
 Role = Literal["owner", "admin", "approver", "policy_author", "viewer"]
 KeyRole = Literal["owner", "admin", "approver", "policy_author", "viewer", "agent"]
@@ -551,7 +551,7 @@ class ApiKeyController(Controller):
         # Emergency tier: revoking a key works even when the caller's standard budget is spent.
         caller = await admit(request, org_id, "api_keys", "manage", tier="emergency")
         await declared_body(request)
-        async with unit_of_work(_runtime(request), org_id, audit=_audit(request, caller)) as uow:
+        async with unit_of_work(_runtime(request), org_id, audit=change_context(request, caller).hook) as uow:
             key = await accounts.revoke_api_key(uow.session, org_id, key_id)
             if key is None:
                 raise NotFound()
@@ -560,15 +560,6 @@ class ApiKeyController(Controller):
             # Every process (and gateway) evicts the key from its caches at once, this one included.
             uow.announce(ApiKeyRevoked(org_id=org_id, version=uow.version, key_id=key.id, key_hash=key.key_hash))
         return _key_out(key)
-
-
-def _audit(request: Request[Any, Any, Any], caller: Caller) -> Audit:
-    """The unit of work's audit hook: the change's event, inside its transaction."""
-
-    async def hook(kind: str, details: dict[str, Any] | None, _session: Any, **fields: Any) -> None:
-        await record_change(request, caller, kind, details=details, **fields)
-
-    return hook
 
 
 ROUTES = [login, OrgController, MemberController, OrgInvitationController, MyInvitationController, ApiKeyController]
