@@ -3,7 +3,7 @@
 It deliberately imports nothing of Bastion's: only the standard library, ``rfc8785`` (the JCS
 implementation docs/audit.md names) and ``cryptography`` for Ed25519. If Bastion's own hashing
 or checkpoint format drifts from what the documentation promises, this verifier and Bastion's
-disagree on a real export, and tests/audit/test_chain_vectors.py fails.
+disagree on a real export, and tests/unit/test_chain_vectors.py fails.
 
 What docs/audit.md specifies and this checks:
 

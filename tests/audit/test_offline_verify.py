@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.audit.test_chain_vectors import JWKS, _vector_export
+from tests.unit.test_chain_vectors import JWKS, _vector_export
 
 # Runs the CLI with the server's libraries poisoned: any import of them fails.
 PRELUDE = """
