@@ -12,9 +12,9 @@ Checks, in order (deny beats escalate beats allow):
    ``capability_token``: a capability token, when sent, must be valid, unrevoked, for this
    agent and the active manifest version, and include the capability (it only narrows);
    a manifest with ``require_capability_token`` denies ``capability_token_required`` without one.
-2. ``capability``: the capability is granted by an approved pattern and no deny rule matches
+2. ``capability``: the capability is granted by an approved pattern of the active manifest
    — else deny ``capability_not_granted``; then the org's policy rules gate and narrow it
-   (``policy_denied``, ``policy_conditions_not_met``).
+   (``policy_denied``, ``policy_conditions_not_met``; an org's deny is such a rule).
 3. ``human_approval``: a capability matching ``require_human_approval`` (or an escalate policy
    rule) escalates (``requires_human_approval``) unless a valid override token for exactly this
    action comes with it; a bad or spent token denies with the token's reason code.
@@ -122,14 +122,9 @@ def evaluate(
 
     # 2. capability
     grant = agent.grant(cap)
-    if not grant.granted:
-        detail = {"capability": cap}
-        if grant.rule:
-            detail["rule"] = grant.rule
-            msg = f"Capability '{cap}' is forbidden by the rule '{grant.rule}'."
-        else:
-            msg = f"Capability '{cap}' is not granted to '{req.uapk_id}'."
-        return deny("capability", Reason(CAPABILITY_NOT_GRANTED, msg, detail), rule=grant.rule, agent=agent)
+    if not grant.granted:  # no approved pattern matches (grants name no rule then)
+        return deny("capability", Reason(CAPABILITY_NOT_GRANTED, f"Capability '{cap}' is not granted to '{req.uapk_id}'.",
+                                         {"capability": cap}), rule=None, agent=agent)
     # 2b. org policy rules gate and narrow what the manifest granted (never widen)
     verdict = (org.rules.evaluate(req.uapk_id, agent.team, cap, RuleContext.of_request(req, now))
                if org.rules else NO_OBJECTION)
