@@ -119,6 +119,7 @@ def test_index_agrees_with_casbin(src: OrgPolicySource, requests: list[tuple[str
         assert index_human == human, (uapk, cap, compiled.lines2)
         grant = agent.grant(cap)
         assert grant.granted == grant_ok, (uapk, cap, compiled.lines, grant)
+        assert grant.granted or grant.rule is None  # a refusal names no rule: nothing matched
         if grant.rule is not None:
             # the index names the allow line that granted; pycasbin explains with an allow line
             kind, _, pattern = grant.rule.partition(":")
