@@ -90,10 +90,13 @@ endef
 # The machine-checked rules (README: "Checks"), from the source tree with the wheel venv's
 # tools: the layering contracts (import-linter, [tool.importlinter] in pyproject.toml), ruff,
 # and mypy --strict on the pure packages. A few seconds; `make test` runs it first.
+# All three run, so one run shows every failure; any failure fails the target.
 lint: $(WHEEL_STAMP)
-	PYTHONPATH=$(CURDIR) $(WBIN)/lint-imports --no-cache
-	$(WBIN)/ruff check --no-cache .
-	$(WBIN)/mypy --cache-dir=/dev/null
+	@status=0; \
+	PYTHONPATH=$(CURDIR) $(WBIN)/lint-imports --no-cache || status=1; \
+	$(WBIN)/ruff check --no-cache . || status=1; \
+	$(WBIN)/mypy --cache-dir=/dev/null || status=1; \
+	exit $$status
 
 test: $(WHEEL_STAMP)
 	$(call run_from_wheel,,$(PYTEST_ARGS))

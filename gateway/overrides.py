@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from core.canonical import sha256_hex
 from core.settings import Settings
@@ -94,7 +95,7 @@ def action_hash(
     amount: float | None,
     currency: str | None,
     tool: str | None = None,
-    type: str | None = None,  # noqa: A002 - the action's field name
+    type: str | None = None,
     description: str | None = None,
     counterparty: Mapping[str, Any] | None = None,
 ) -> str:
@@ -136,7 +137,7 @@ def issue_override(
     amount: float | None,
     currency: str | None,
     tool: str | None = None,
-    type: str | None = None,  # noqa: A002
+    type: str | None = None,
     description: str | None = None,
     counterparty: Mapping[str, Any] | None = None,
     ttl_seconds: int | None = None,
@@ -186,7 +187,7 @@ def check_override(
     amount: float | None,
     currency: str | None,
     tool: str | None = None,
-    type: str | None = None,  # noqa: A002
+    type: str | None = None,
     description: str | None = None,
     counterparty: Mapping[str, Any] | None = None,
     now: Callable[[], float] | None = None,
