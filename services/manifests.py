@@ -1,11 +1,11 @@
 """Manifests: register, validate, read, and the five state transitions.
 
 A transition (approve, reject, suspend, reactivate, revoke) is one function: check the texts,
-then in one transaction the conditional update and its events (store.manifests), the audit
-event and the org version bump; after the commit, the announcement to every gateway. The
-actions differ only in what store.manifests.TRANSITIONS allows and, for approve, in the
-approved capabilities. No HTTP here: errors are core.errors, the audit context is a
-``ChangeContext``.
+then one unit of work (store.unit_of_work: the org version bump, the conditional update and its
+events from store.manifests, the audit event inside the transaction; after the commit, the
+announcement to every gateway). The actions differ only in what
+store.manifests.TRANSITIONS allows and, for approve, in the approved capabilities. No HTTP
+here: errors are core.errors, the audit context is a ``ChangeContext``.
 """
 from __future__ import annotations
 
@@ -19,11 +19,11 @@ from core.ids import UAPK_ID
 from core.text import is_clean, text_issue
 from policies import manifest as doc_rules
 from policies.capabilities import is_valid_pattern, matches_any
-from store import changes
 from store import manifests as repo
 from store.bus_messages import ManifestChanged
 from store.models import Manifest, ManifestEvent
 from store.runtime import Runtime
+from store.unit_of_work import unit_of_work
 
 MAX_REASON = 1000
 MAX_NOTES = 2000
@@ -94,19 +94,19 @@ async def register(runtime: Runtime, ctx: ChangeContext, actor: str, org_id: str
     if not report.valid:
         raise ValidationFailed("Manifest failed validation.", [FieldIssue(p.field, p.message) for p in report.errors])
     assert report.manifest_hash is not None
-    async with runtime.sessions() as session, session.begin():
+    async with unit_of_work(runtime, org_id, audit=ctx.hook) as uow:
         try:
-            m = await repo.register(session, org_id, document, report.manifest_hash, actor, utcnow())
+            m = await repo.register(uow.session, org_id, document, report.manifest_hash, actor, utcnow())
         except repo.DuplicateVersion:
             raise Conflict(
                 f"Version {document['agent']['version']} of agent '{document['agent']['id']}' is already registered.",
                 [FieldIssue("agent.version", "This version is already registered.")],
             ) from None
-        await ctx.record("manifest.registered", uapk_id=m.uapk_id, details={
-            "manifest_id": m.id, "version": m.version, "manifest_hash": m.manifest_hash, "to_status": m.status})
-        version = await changes.bump_org_version(session, org_id)
-    await changes.announce(runtime.bus, ManifestChanged(
-        org_id=org_id, version=version, uapk_id=m.uapk_id, manifest_id=m.id, status=m.status))
+        await uow.record("manifest.registered", {
+            "manifest_id": m.id, "version": m.version, "manifest_hash": m.manifest_hash, "to_status": m.status,
+        }, uapk_id=m.uapk_id)
+        uow.announce(ManifestChanged(org_id=org_id, version=uow.version, uapk_id=m.uapk_id, manifest_id=m.id,
+                                     status=m.status))
     return m
 
 
@@ -183,15 +183,16 @@ async def transition(
     notes: str | None = None,
     approved_capabilities: list[str] | None = None,
 ) -> repo.TransitionResult:
-    """One state change in one transaction: conditional update, events, audit event, org
-    version bump; then, after the commit, the announcement to every gateway. ``reason`` is
+    """One state change in one unit of work: org version bump, conditional update, events,
+    audit event; after the commit, the announcement to every gateway. ``reason`` is
     not taken by approve and reactivate (their bodies have none)."""
     if action not in repo.TRANSITIONS:
         raise ValueError(f"unknown manifest action {action!r}")
     manifest_id = known_manifest_id(manifest_id)
     check_texts(reason, notes)
     now = utcnow()
-    async with runtime.sessions() as session, session.begin():
+    async with unit_of_work(runtime, org_id, audit=ctx.hook) as uow:
+        session = uow.session
         approved: list[str] | None = None
         if action == "approve":
             m = await repo.get(session, org_id, manifest_id)
@@ -210,12 +211,11 @@ async def transition(
         if result is None:
             raise NotFound()
         changed = result.manifest
-        await ctx.record(f"manifest.{action}", uapk_id=changed.uapk_id, details={
+        await uow.record(f"manifest.{action}", {
             "manifest_id": changed.id, "version": changed.version, "to_status": changed.status,
             "approved": list(changed.approved) if action == "approve" else None,
             "superseded": [x.id for x in result.superseded] or None, "reason": reason,
-        })
-        version = await changes.bump_org_version(session, org_id)
-    await changes.announce(runtime.bus, ManifestChanged(
-        org_id=org_id, version=version, uapk_id=changed.uapk_id, manifest_id=changed.id, status=changed.status))
+        }, uapk_id=changed.uapk_id)
+        uow.announce(ManifestChanged(org_id=org_id, version=uow.version, uapk_id=changed.uapk_id,
+                                     manifest_id=changed.id, status=changed.status))
     return result
