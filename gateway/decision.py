@@ -60,9 +60,11 @@ class Step:
     rule: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Pending:
-    """Every check but the quota, done: what :func:`gateway.settle.settle` needs.
+    """Every check but the quota, done: what :func:`gateway.settle.settle` needs. Filled in by
+    :func:`gateway.evaluate.evaluate` and not changed once it returns (not frozen: a frozen
+    dataclass costs a microsecond per decision to build).
 
     ``denied``: a check denied (final; the quota is not read). Otherwise the quota step
     decides between ``denied`` by a window or the override's single use, and the outcome the
@@ -75,7 +77,7 @@ class Pending:
     policy_version: str
     now: float  # epoch seconds: the time the checks ran at
     timestamp: datetime  # the same instant, UTC
-    trace: tuple[Step, ...]
+    trace: list[Step]
     agent: AgentPolicy | None = None
     policy: Verdict | None = None  # what the org's policy rules said (policies/rules.py)
     denied: Reason | None = None

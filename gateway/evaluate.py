@@ -81,40 +81,33 @@ def evaluate(
     """``capability``: the result of ``required_capability(req)`` when the caller already ran it
     (it is run here otherwise). ``allowed_uapk_ids``: the agents the caller's key may act as."""
     cap = capability or required_capability(req)
-    trace: list[Step] = []
-    base = dict(org_id=org.org_id, uapk_id=req.uapk_id, capability=cap, policy_version=org.policy_version,
-                now=now, timestamp=datetime.fromtimestamp(now, UTC))
-
-    def deny(check: str, reason: Reason, rule: str | None = None, **more: Any) -> Pending:
-        trace.append(Step(check, "fail", reason.message, rule))
-        done = {s.check for s in trace}
-        trace.extend(Step(later, "skip", "not evaluated: an earlier check denied") for later in CHECKS
-                     if later not in done)
-        return Pending(**base, trace=tuple(trace), denied=reason, **more)  # type: ignore[arg-type]
+    p = Pending(org.org_id, req.uapk_id, cap, org.policy_version, now, datetime.fromtimestamp(now, UTC), [])
+    trace = p.trace
 
     # 1. manifest
     agent = org.agent(req.uapk_id)
     if allowed_uapk_ids is not None and req.uapk_id not in allowed_uapk_ids:
         agent = None  # this key may not act as that agent: reveal nothing
     if agent is None:
-        return deny("manifest", Reason(
+        return _deny(p, "manifest", Reason(
             MANIFEST_NOT_FOUND, f"No manifest for uapk_id '{req.uapk_id}'.", {"uapk_id": req.uapk_id}))
+    p.agent = agent
     if not agent.active:
         # The status of the version that would be in force (policies.compile.current_manifests).
         version = agent.manifest_version or ""
-        return deny("manifest", Reason(
+        return _deny(p, "manifest", Reason(
             MANIFEST_NOT_ACTIVE,
             f"The manifest of '{req.uapk_id}'{f' (version {version})' if version else ''} is {agent.status}, "
             "not active.",
             {"uapk_id": req.uapk_id, "status": agent.status, "version": version or None}),
-            rule=f"status:{agent.status}", agent=agent)
+            rule=f"status:{agent.status}")
     trace.append(Step("manifest", "pass", f"active manifest {agent.manifest_version or ''}".strip(),
                       f"manifest:{agent.manifest_hash}"))
 
     # 1b. capability token (only narrows: the manifest must still grant the capability)
     problem = _capability_token(req, org.org_id, agent, cap, now, verifiers.capabilities)
     if problem is not None:
-        return deny("capability_token", problem[0], rule=problem[1], agent=agent)
+        return _deny(p, "capability_token", problem[0], rule=problem[1])
     if req.capability_token:
         trace.append(Step("capability_token", "pass", "token valid and includes the capability"))
     else:
@@ -123,11 +116,11 @@ def evaluate(
     # 2. capability
     grant = agent.grant(cap)
     if not grant.granted:  # no approved pattern matches (grants name no rule then)
-        return deny("capability", Reason(CAPABILITY_NOT_GRANTED, f"Capability '{cap}' is not granted to '{req.uapk_id}'.",
-                                         {"capability": cap}), rule=None, agent=agent)
+        return _deny(p, "capability", Reason(CAPABILITY_NOT_GRANTED, f"Capability '{cap}' is not granted to '{req.uapk_id}'.",
+                                             {"capability": cap}))
     # 2b. org policy rules gate and narrow what the manifest granted (never widen)
-    verdict = (org.rules.evaluate(req.uapk_id, agent.team, cap, RuleContext.of_request(req, now))
-               if org.rules else NO_OBJECTION)
+    verdict = p.policy = (org.rules.evaluate(req.uapk_id, agent.team, cap, RuleContext.of_request(req, now))
+                          if org.rules else NO_OBJECTION)
     if verdict.effect in ("deny", "narrowed") and verdict.rule is not None:
         rid = verdict.rule.id
         if verdict.effect == "deny":
@@ -139,7 +132,7 @@ def evaluate(
                             f"of the policy rule '{rid}', which this action does not meet."
                             + _missing_note(verdict.missing, "fails"),
                             _with_missing({"capability": cap, "rule": rid}, verdict.missing))
-        return deny("capability", reason, rule=verdict.rule_ref, agent=agent, policy=verdict)
+        return _deny(p, "capability", reason, rule=verdict.rule_ref)
     trace.append(Step("capability", "pass", f"'{cap}' granted", grant.rule))
 
     # 3. human approval
@@ -151,26 +144,36 @@ def evaluate(
         missing = verdict.missing
     if human_rule is None:
         trace.append(Step("human_approval", "pass", "not required"))
-        return Pending(**base, trace=tuple(trace), agent=agent, policy=verdict)  # type: ignore[arg-type]
+        return p
     if not req.override_token:
-        escalation = Reason(REQUIRES_HUMAN_APPROVAL, f"Capability '{cap}' requires human approval."
-                            + _missing_note(missing, "holds"),
-                            _with_missing({"capability": cap, "rule": human_rule}, missing))
+        p.escalation = Reason(REQUIRES_HUMAN_APPROVAL, f"Capability '{cap}' requires human approval."
+                              + _missing_note(missing, "holds"),
+                              _with_missing({"capability": cap, "rule": human_rule}, missing))
         trace.append(Step("human_approval", "escalate", "a human must approve this action", human_ref))
-        return Pending(**base, trace=tuple(trace), agent=agent, policy=verdict,  # type: ignore[arg-type]
-                       escalation=escalation)
+        return p
     ok = _verify_override(req, org.org_id, cap, verifiers.check_override)
     if getattr(ok, "jti", None) is None:
-        return deny("human_approval", Reason(
+        return _deny(p, "human_approval", Reason(
             str(getattr(ok, "code", "override_token_invalid")),
             str(getattr(ok, "message", "The override token is not valid.")),
-            {"capability": cap}), rule=human_ref, agent=agent, policy=verdict)
+            {"capability": cap}), rule=human_ref)
     if ok.jti in verifiers.used_overrides:
-        return deny("human_approval", Reason(
+        return _deny(p, "human_approval", Reason(
             OVERRIDE_TOKEN_ALREADY_USED, "The override token was already used.", {"capability": cap}),
-            rule="override:single-use", agent=agent, policy=verdict)
+            rule="override:single-use")
+    p.override = ok
     trace.append(Step("human_approval", "pass", "override token accepted", human_ref))
-    return Pending(**base, trace=tuple(trace), agent=agent, policy=verdict, override=ok)  # type: ignore[arg-type]
+    return p
+
+
+def _deny(p: Pending, check: str, reason: Reason, rule: str | None = None) -> Pending:
+    """A check denied: the decision is final, the later checks are skipped."""
+    p.denied = reason
+    p.trace.append(Step(check, "fail", reason.message, rule))
+    done = {s.check for s in p.trace}
+    p.trace.extend(Step(later, "skip", "not evaluated: an earlier check denied") for later in CHECKS
+                   if later not in done)
+    return p
 
 
 def _capability_token(

@@ -40,8 +40,8 @@ def settle(pending: Pending, quota: QuotaResult | None) -> Decision:
     """``quota``: what gateway/quota.py returned (None when the checks denied, or for a dry
     run that reads no quota: the quota step is then ``skip``)."""
     p = pending
-    d = Decision("deny", [], list(p.trace), p.capability, p.policy_version, p.timestamp, agent=p.agent,
-                 quota=quota, override=p.override, policy=p.policy)
+    d = Decision("deny", [], p.trace.copy(), p.capability, p.policy_version, p.timestamp, p.agent, quota, p.override,
+                 False, p.policy)
     if p.denied is not None or p.agent is None:
         d.reasons = [p.denied] if p.denied is not None else []
         return d
