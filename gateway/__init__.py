@@ -1,1 +1,1 @@
-"""The edge: the decision pipeline, quotas, approvals, override and capability tokens, routes."""
+"""The edge: the decision path (evaluate, quota, settle), approvals, override and capability tokens, routes."""
