@@ -256,3 +256,27 @@ async def test_one_round_trip_per_decision(redis_url: str) -> None:
         assert calls == ["EVALSHA", "EVALSHA"]
     finally:
         await redis.aclose()
+
+
+async def test_the_audit_event_of_the_returned_status_is_carried(quotas: tuple[Any, Clock]) -> None:
+    """Both backends take ``audit`` (the QuotaBackend protocol). Redis: the script XADDs head +
+    the tail of the status it returns, nothing for a status without a tail; in-process: nothing
+    is carried, and the result says so (the caller records the event itself)."""
+    import json
+
+    from store.quotas import QuotaAudit
+
+    q, _ = quotas
+    stream = "bastion:test:quota-audit"
+    audit = QuotaAudit(stream, b'{"event_id":"e1",', {OK: b'"decision":"allow"}', OVERRIDE_USED: b'"decision":"deny"}'})
+    first = await q.spend("o", "carry", 1, 10, audit=audit)
+    second = await q.spend("o", "carry", 1, 10, audit=audit)  # hour exhausted: no tail for it
+    assert (first.status, second.status) == (OK, HOUR_EXHAUSTED)
+    if isinstance(q, MemoryQuotas):
+        assert not first.audited and not second.audited
+        return
+    assert first.audited and not second.audited
+    entries = await q.redis.xrange(stream)
+    assert [json.loads(fields[b"e"]) for _, fields in entries] == [{"event_id": "e1", "decision": "allow"}]
+    assert all(set(fields) == {b"e"} for _, fields in entries)
+    await q.redis.delete(stream)
