@@ -10,7 +10,8 @@ handler called ``admit`` and read its body afterwards.
 from __future__ import annotations
 
 import re
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from litestar import Request
 from litestar.connection import ASGIConnection

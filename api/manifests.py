@@ -15,8 +15,21 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 from api import manifest_wire as wire
 from api.admission import CALLER, admitted, path_id
 from api.manifest_wire import (
-    MANIFEST_BODY, Approved, History, ManifestApproveRequest, ManifestDetail, ManifestList, ManifestStatus,
-    NotesRequest, Reactivated, ReasonRequest, Registered, Rejected, Revoked, Suspended, ValidateResult,
+    MANIFEST_BODY,
+    Approved,
+    History,
+    ManifestApproveRequest,
+    ManifestDetail,
+    ManifestList,
+    ManifestStatus,
+    NotesRequest,
+    Reactivated,
+    ReasonRequest,
+    Registered,
+    Rejected,
+    Revoked,
+    Suspended,
+    ValidateResult,
 )
 from audit.changes import change_context
 from httpkit.auth import Caller
