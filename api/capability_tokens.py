@@ -9,12 +9,11 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from audit.changes import change_context
 from core.clock import isoformat
-from core.errors import NotFound
-from gateway.captokens import revoke
-from gateway.token_routes import TokenIssued, TokenRequest, issue_checked
 from httpkit.auth import admit
 from httpkit.openapi import NO_BODY, declared_body
 from httpkit.pagination import Page, pagination
+from services import tokens
+from services.tokens import TokenIssued, TokenRequest
 from store import captokens as repo
 from store.models import CapabilityToken
 
@@ -56,8 +55,8 @@ class CapabilityTokenController(Controller):
     @post("/", status_code=HTTP_201_CREATED, summary="Issue a capability token for delegation")
     async def create(self, request: Request[Any, Any, Any], org_id: str, data: TokenRequest) -> TokenIssued:
         caller = await admit(request, org_id, "capability_tokens", "manage")
-        return await issue_checked(request.app.state.runtime, org_id, data, "admin", caller.actor,
-                                   change_context(request, caller))
+        return await tokens.issue(request.app.state.runtime, org_id, data, "admin", caller.actor,
+                                  change_context(request, caller))
 
     @get("/", summary="List issued tokens (metadata only, never the token)", dependencies=pagination())
     async def list_tokens(self, request: Request[Any, Any, Any], org_id: str, page: Page) -> TokenList:
@@ -71,9 +70,8 @@ class CapabilityTokenController(Controller):
     async def revoke_token(self, request: Request[Any, Any, Any], org_id: str, token_id: str) -> TokenMeta:
         caller = await admit(request, org_id, "capability_tokens", "manage", tier="emergency")
         await declared_body(request)
-        row = await revoke(request.app.state.runtime, org_id, token_id, caller.actor, change_context(request, caller))
-        if row is None:
-            raise NotFound()
+        row = await tokens.revoke(request.app.state.runtime, org_id, token_id, caller.actor,
+                                  change_context(request, caller))
         return _meta(row)
 
 

@@ -1,4 +1,5 @@
-"""Capability tokens: issue, verify, narrow, revoke.
+"""Capability tokens at the gateway: verify, narrow, and the revocation list (issuing and
+revoking are services/tokens.py).
 
 A capability token is an EdDSA JWT (typ ``bastion-capability+jwt``) that lets an agent, or a
 tool it calls, prove what it may do for a short time. It only ever narrows: at the gateway the
@@ -14,34 +15,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import jwt
 
-from audit.changes import ChangeContext
 from core.canonical import canonical_json
-from core.clock import isoformat, utcnow
-from core.errors import FieldIssue, PermissionDenied, ValidationFailed
 from core.tasks import cancel, every
-from core.tokens import CAPABILITY_TYP, LEEWAY_SECONDS, TokenInvalid, sign, verify
+from core.tokens import CAPABILITY_TYP, LEEWAY_SECONDS, TokenInvalid, verify
 from gateway.idsets import ExpiringIds
-from policies.capabilities import covered_by_any, is_valid_pattern, matches_any
+from policies.capabilities import matches_any
+from services.tokens import CAPABILITY_AUDIENCE
 from store import captokens as repo
 from store.bus_messages import CapabilityTokenRevoked, Change, ManifestChanged
-from store.changes import announce
 from store.runtime import Runtime
 
 log = logging.getLogger("bastion.captokens")
 
-CAPABILITY_AUDIENCE = "bastion-gateway"
 REQUIRED_CLAIMS = ("iss", "aud", "sub", "org_id", "uapk_id", "manifest_hash", "capabilities", "constraints", "iat", "nbf", "exp", "jti")
-CONSTRAINT_KEYS = {"max_amount", "currencies"}
-MAX_CAPABILITIES = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,103 +57,6 @@ class TokenProblem:
     code: str
     message: str
     details: dict[str, Any] = field(default_factory=dict)
-
-
-# --- validation of a request to issue ----------------------------------------------------
-def validate_request(capabilities: Any, constraints: Any, expires_in: Any, default_ttl: int, max_ttl: int) -> tuple[list[str], dict[str, Any], int]:
-    issues: list[FieldIssue] = []
-    if not isinstance(capabilities, list) or not capabilities:
-        issues.append(FieldIssue("capabilities", "At least one capability is required."))
-        capabilities = []
-    elif len(capabilities) > MAX_CAPABILITIES:
-        issues.append(FieldIssue("capabilities", f"At most {MAX_CAPABILITIES} capabilities."))
-        capabilities = []
-    for i, cap in enumerate(capabilities):
-        if not is_valid_pattern(cap):
-            issues.append(FieldIssue(f"capabilities.{i}", "Must be resource:action, each segment [a-z0-9_-]+ or a whole *."))
-    constraints = {} if constraints is None else constraints
-    if not isinstance(constraints, dict):
-        issues.append(FieldIssue("constraints", "Must be an object."))
-        constraints = {}
-    for key, value in constraints.items():
-        if key not in CONSTRAINT_KEYS:
-            issues.append(FieldIssue(f"constraints.{key}", f"Unknown constraint; allowed: {', '.join(sorted(CONSTRAINT_KEYS))}."))
-        elif key == "max_amount" and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                      or not math.isfinite(value) or value < 0):
-            issues.append(FieldIssue("constraints.max_amount", "Must be a finite number, at least 0."))
-        elif key == "currencies" and (
-            not isinstance(value, list) or not value or len(value) > 32
-            or not all(isinstance(c, str) and len(c) == 3 and c.isascii() and c.isalpha() and c.isupper() for c in value)
-        ):
-            issues.append(FieldIssue("constraints.currencies", "Must be a list of 1-32 ISO 4217 codes (e.g. EUR)."))
-    ttl = default_ttl if expires_in is None else expires_in
-    if isinstance(ttl, bool) or not isinstance(ttl, int) or not 10 <= ttl <= max_ttl:
-        issues.append(FieldIssue("expires_in_seconds", f"Must be an integer between 10 and {max_ttl}."))
-    if issues:
-        raise ValidationFailed("Request body failed validation.", issues)
-    return list(dict.fromkeys(capabilities)), constraints, int(ttl)
-
-
-async def issue(
-    runtime: Runtime,
-    *,
-    org_id: str,
-    uapk_id: str,
-    agent_id: str,
-    capabilities: list[str],
-    constraints: dict[str, Any],
-    ttl: int,
-    issued_via: str,
-    issued_by: str,
-    audit: ChangeContext,
-) -> tuple[str, CapClaims, datetime]:
-    """Sign a token for an active manifest; 403 naming every capability it does not grant.
-
-    The ``capability_token.issued`` event goes to ``audit`` inside the transaction that stores
-    the token: a token whose issue cannot be audited is never stored nor handed out."""
-    s = runtime.settings
-    async with runtime.sessions() as session, session.begin():
-        manifest = await repo.active_manifest(session, org_id, uapk_id)
-        if manifest is None:
-            raise PermissionDenied(f"UAPK '{uapk_id}' has no active manifest in this organization.")
-        approved = list(manifest.approved or [])
-        missing = [(i, c) for i, c in enumerate(capabilities) if not covered_by_any(approved, c)]
-        if missing:
-            raise PermissionDenied(
-                "Capabilities not granted by the manifest: " + ", ".join(c for _, c in missing),
-                [FieldIssue(f"capabilities.{i}", f"'{c}' is not granted by the active manifest.") for i, c in missing],
-            )
-        now = time.time()
-        claims = {
-            "iss": s.issuer,
-            "aud": CAPABILITY_AUDIENCE,
-            "sub": agent_id,
-            "org_id": org_id,
-            "uapk_id": uapk_id,
-            "manifest_hash": manifest.manifest_hash,
-            "capabilities": capabilities,
-            "constraints": constraints,
-        }
-        token = sign(runtime.keys, CAPABILITY_TYP, claims, ttl, now=now)
-        decoded = _decode_trusted(token)
-        expires_at = datetime.fromtimestamp(decoded["exp"], UTC)
-        await repo.record(
-            session,
-            id=decoded["jti"], org_id=org_id, uapk_id=uapk_id, agent_id=agent_id,
-            manifest_hash=manifest.manifest_hash, capabilities=capabilities, constraints=constraints,
-            kid=runtime.keys.active_kid, issued_via=issued_via, issued_by=issued_by,
-            created_at=datetime.fromtimestamp(decoded["iat"], UTC), expires_at=expires_at,
-        )
-        await audit.record(
-            "capability_token.issued", org_id=org_id, uapk_id=uapk_id, agent_id=agent_id,
-            details={"token_id": decoded["jti"], "capabilities": list(capabilities),
-                     "expires_at": isoformat(expires_at), "via": issued_via},
-        )
-    return token, _claims(decoded, runtime.keys.active_kid), expires_at
-
-
-def _decode_trusted(token: str) -> dict[str, Any]:
-    return jwt.decode(token, options={"verify_signature": False})  # we just signed it
 
 
 def _claims(d: dict[str, Any], kid: str) -> CapClaims:
@@ -195,19 +92,6 @@ class RevocationList(ExpiringIds):
 
 async def _revoked_loader(session: Any, since: datetime | None, now: datetime) -> list[tuple[str, datetime]]:
     return [(jti, exp) for jti, exp, _ in await repo.revoked_since(session, since, now)]
-
-
-async def revoke(runtime: Runtime, org_id: str, token_id: str, by: str, audit: ChangeContext) -> Any:
-    """Revoke (idempotent); None when the org has no such token. The ``capability_token.revoked``
-    event goes to ``audit`` before the revocation commits: no revocation takes effect unaudited."""
-    async with runtime.sessions() as session, session.begin():
-        row = await repo.revoke(session, org_id, token_id, by, utcnow())
-        if row is not None:
-            await audit.record("capability_token.revoked", org_id=org_id, uapk_id=row.uapk_id,
-                               agent_id=row.agent_id, details={"token_id": row.id})
-    if row is not None:
-        await announce(runtime.bus, CapabilityTokenRevoked(org_id=org_id, jti=row.id, exp=row.expires_at.timestamp()))
-    return row
 
 
 # --- verification ------------------------------------------------------------------------

@@ -9,29 +9,15 @@ from cryptography.hazmat.primitives import serialization
 from litestar import Request, get, post
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
-from audit.changes import ChangeContext, change_context
-from core.clock import isoformat
+from audit.changes import change_context
 from core.errors import FieldIssue, PermissionDenied, ValidationFailed
-from gateway.captokens import CapClaims, TokenProblem, TokenService, issue, validate_request
 from gateway.agent_auth import TOKEN_ISSUE, TOKEN_VERIFY, agent_of
+from gateway.captokens import CapClaims, TokenProblem, TokenService
 from policies.capabilities import is_concrete, matches_any
+from services import tokens
+from services.tokens import TokenIssued, TokenRequest
 from store import captokens as repo
 from store.runtime import Runtime
-
-
-class TokenRequest(msgspec.Struct, forbid_unknown_fields=True):
-    uapk_id: str
-    agent_id: str
-    capabilities: list[str]
-    expires_in_seconds: int | None = None
-    constraints: dict[str, Any] | None = None
-
-
-class TokenIssued(msgspec.Struct):
-    token: str
-    token_id: str
-    capabilities: list[str]
-    expires_at: str
 
 
 class VerifyRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -64,29 +50,14 @@ def tokens_of(request: Request[Any, Any, Any]) -> TokenService:
     return request.app.state.tokens  # type: ignore[no-any-return]
 
 
-async def issue_checked(runtime: Runtime, org_id: str, data: TokenRequest, issued_via: str, issued_by: str,
-                        audit: ChangeContext) -> TokenIssued:
-    """Validate, sign and store a token; its audit event is recorded in the same transaction."""
-    s = runtime.settings
-    caps, constraints, ttl = validate_request(
-        data.capabilities, data.constraints, data.expires_in_seconds,
-        s.capability_token_ttl_seconds, s.capability_token_max_ttl_seconds,
-    )
-    token, claims, expires_at = await issue(
-        runtime, org_id=org_id, uapk_id=data.uapk_id, agent_id=data.agent_id, capabilities=caps,
-        constraints=constraints, ttl=ttl, issued_via=issued_via, issued_by=issued_by, audit=audit,
-    )
-    return TokenIssued(token=token, token_id=claims.jti, capabilities=list(claims.capabilities), expires_at=isoformat(expires_at) or "")
-
-
 @post("/api/v1/gateway/tokens", tags=["capability tokens"], status_code=HTTP_201_CREATED,
       summary="Issue a capability token to an agent (narrower than or equal to its manifest)", guards=[TOKEN_ISSUE])
 async def issue_for_agent(request: Request[Any, Any, Any], data: TokenRequest) -> TokenIssued:
     principal = agent_of(request)  # an agent, admin or owner key, authenticated before the body
     if principal.uapk_ids is not None and data.uapk_id not in principal.uapk_ids:
         raise PermissionDenied(f"UAPK '{data.uapk_id}' has no active manifest in this organization.")
-    return await issue_checked(request.app.state.runtime, principal.org_id or "", data, "gateway", principal.actor,
-                               change_context(request, principal, org_id=principal.org_id))
+    return await tokens.issue(request.app.state.runtime, principal.org_id or "", data, "gateway", principal.actor,
+                              change_context(request, principal, org_id=principal.org_id))
 
 
 def claims_dict(c: CapClaims) -> dict[str, Any]:

@@ -80,7 +80,7 @@ async def revoke_for_manifest(
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
-async def revoked_since(session: AsyncSession, since: datetime | None, now: datetime) -> list[tuple[str, datetime, datetime]]:
+async def revoked_since(session: AsyncSession, since: datetime | None, now: datetime) -> list[tuple[str, datetime, datetime | None]]:
     """(jti, expires_at, revoked_at) of revoked tokens not yet expired, revoked after ``since``."""
     q = select(CapabilityToken.id, CapabilityToken.expires_at, CapabilityToken.revoked_at).where(
         CapabilityToken.revoked_at.is_not(None), CapabilityToken.expires_at > now

@@ -8,9 +8,10 @@ import pytest
 
 from core.errors import ValidationFailed
 from gateway.capability import required_capability
-from gateway.captokens import CapClaims, check_action, validate_request
+from gateway.captokens import CapClaims, check_action
 from gateway.policy_eval import parse_cases
 from gateway.schemas import Action, GatewayActionRequest
+from services.tokens import validate_request
 
 
 def req(**action: object) -> GatewayActionRequest:
