@@ -18,7 +18,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 
-def register(sub: Any) -> argparse.ArgumentParser:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     p = sub.add_parser("audit", help="audit trail tools (offline verification of an export)")
     asub = p.add_subparsers(dest="audit_command", required=True)
     v = asub.add_parser("verify", help="verify an audit export (JSONL) against the gateway's public keys")
@@ -31,7 +31,7 @@ def load_jwks(source: str) -> dict[str, Ed25519PublicKey]:
     if source.startswith(("http://", "https://")):
         import urllib.request
 
-        with urllib.request.urlopen(source, timeout=10) as resp:  # noqa: S310 - operator-given URL
+        with urllib.request.urlopen(source, timeout=10) as resp:  # an operator-given URL
             raw = resp.read()
     else:
         raw = Path(source).read_bytes()
