@@ -13,7 +13,6 @@ import base64
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
