@@ -23,10 +23,12 @@ class Taken(Exception):
 
 
 async def add(session: AsyncSession, row: Row) -> Row:
+    # No savepoint: on SQLite (pysqlite) a SAVEPOINT opened before the first write of a
+    # transaction commits on release. A Taken leaves the session failed; the caller raises and
+    # its unit of work rolls back.
+    session.add(row)
     try:
-        async with session.begin_nested():
-            session.add(row)
-            await session.flush()
+        await session.flush()
     except IntegrityError:
         raise Taken() from None
     return row
