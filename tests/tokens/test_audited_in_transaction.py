@@ -95,3 +95,21 @@ async def test_a_manifest_approval_that_cannot_be_audited_is_not_made(client: An
     monkeypatch.undo()
     r = await client.get(f"{base}/{manifest_id}", headers=org.headers)
     assert r.status_code == 200 and r.json()["status"] == "pending", r.text
+
+
+async def test_api_key_changes_that_cannot_be_audited_are_not_made(client: Any, org: Org,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    base = f"/api/v1/orgs/{org.org_id}/api-keys"
+    before = (await client.get(base, headers=org.headers)).json()["items"]
+    victim = (await client.post(base, json={"name": "victim", "role": "viewer"}, headers=org.headers)).json()
+    offered = _audit_fails(client, monkeypatch)
+    r = await client.post(base, json={"name": "unaudited", "role": "viewer"}, headers=org.headers)
+    assert_error(r, 503, "SERVICE_UNAVAILABLE")
+    assert_error(await client.post(f"{base}/{victim['id']}/revoke", headers=org.headers), 503, "SERVICE_UNAVAILABLE")
+    assert [_kind(e) for e in offered] == ["api_key.created", "api_key.revoked"]
+    monkeypatch.undo()
+    keys = (await client.get(base, headers=org.headers)).json()["items"]
+    assert sorted(k["name"] for k in keys) == sorted([k["name"] for k in before] + ["victim"])
+    (row,) = [k for k in keys if k["id"] == victim["id"]]
+    assert "revoked_at" in row and row["revoked_at"] is None, row
+    assert (await client.get(base, headers={"X-API-Key": victim["key"]})).status_code == 200  # still works
