@@ -26,7 +26,6 @@ from store.runtime import Runtime
 
 # Managing connectors is managing the organization: the roles that may update it (admin, owner).
 ADMIN = admitted("orgs", "update")
-ERRORS = [400, 401, 403, 404, 409, 429, 503]
 
 
 class Strict(msgspec.Struct, forbid_unknown_fields=True):
@@ -181,8 +180,7 @@ class McpServerController(Controller):
     dependencies = CALLER
     guards = [ADMIN]
 
-    @post("/", status_code=HTTP_201_CREATED, summary="Register an upstream MCP server (secrets never shown again)",
-          opt={"errors": ERRORS})
+    @post("/", status_code=HTTP_201_CREATED, summary="Register an upstream MCP server (secrets never shown again)")
     async def register(self, request: Request[Any, Any, Any], org_id: str, caller: Caller,
                        data: McpServerCreate) -> McpServerOut:
         row = await service.register_server(
@@ -214,8 +212,7 @@ class HttpConnectorController(Controller):
     dependencies = CALLER
     guards = [ADMIN]
 
-    @post("/", status_code=HTTP_201_CREATED, summary="Register an HTTP connector (secrets never shown again)",
-          opt={"errors": ERRORS})
+    @post("/", status_code=HTTP_201_CREATED, summary="Register an HTTP connector (secrets never shown again)")
     async def register(self, request: Request[Any, Any, Any], org_id: str, caller: Caller,
                        data: HttpConnectorCreate) -> HttpConnectorOut:
         row = await service.register_connector(
@@ -248,8 +245,7 @@ class BindingController(Controller):
     dependencies = CALLER
     guards = [ADMIN]
 
-    @post("/", status_code=HTTP_201_CREATED, summary="Bind a capability to an HTTP connector or an MCP server's tool",
-          opt={"errors": ERRORS})
+    @post("/", status_code=HTTP_201_CREATED, summary="Bind a capability to an HTTP connector or an MCP server's tool")
     async def create(self, request: Request[Any, Any, Any], org_id: str, caller: Caller, data: BindingCreate) -> BindingOut:
         row = await service.create_binding(
             _runtime(request), change_context(request, caller), caller.actor, org_id, capability=data.capability,
