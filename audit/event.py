@@ -179,10 +179,11 @@ def normalize(event: AuditEvent | Mapping[str, Any]) -> dict[str, Any]:
 
 
 def as_event(value: AuditEvent | Mapping[str, Any]) -> AuditEvent:
-    """``value`` as an :class:`AuditEvent`; a mapping (a producer that amends its event as a
-    dict) is taken in its stored form (:func:`normalize`), so nothing unhashable gets in."""
+    """``value`` as an :class:`AuditEvent`. A mapping (a producer that amends its event as a
+    dict: the decision recorder) is taken field by field as it is, unknown keys left out; the
+    writer stores its normalized form (:func:`normalize`) either way. Not normalized here: this
+    runs on the request path, the writer does not."""
     if isinstance(value, AuditEvent):
         return value
-    fields = normalize(value)
-    fields.pop("seq", None)
+    fields: dict[str, Any] = {name: value.get(name) for name in AuditEvent.__struct_fields__}
     return AuditEvent(**fields)

@@ -29,7 +29,8 @@ STREAM = "bastion:audit:events"
 GROUP = "bastion-audit-writers"
 FIELD = "e"
 
-_ENCODER = msgspec.json.Encoder()
+# Values that are not JSON (none of ours: build_event makes them so) become their str, as before.
+_ENCODER = msgspec.json.Encoder(enc_hook=str)
 
 
 def stream_key(org_id: str | None = None, uapk_id: str | None = None) -> str:

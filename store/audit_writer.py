@@ -106,7 +106,7 @@ class AuditSink:
         """Queue one event. Raises ``ServiceUnavailable`` when it cannot be queued.
 
         A mapping is accepted from producers that amend their event as a dict (the decision
-        recorder): it is taken in its stored form (``audit.event.as_event``)."""
+        recorder): ``audit.event.as_event`` takes its fields."""
         if not self._accepting or self._sink is None:
             raise ServiceUnavailable("The audit trail is not accepting events; nothing was done.")
         await self._sink.record(as_event(event))
