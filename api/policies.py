@@ -33,11 +33,13 @@ from api.policy_wire import (
 )
 from audit.changes import ChangeContext, change_context
 from core.errors import NotFound
+from gateway import policy_eval
 from gateway.schemas import GatewayActionRequest
 from httpkit.auth import Caller
 from httpkit.openapi import NoBody, declared_body, request_body
 from httpkit.pagination import Page, pagination
 from policies.compile import CompiledOrg
+from policies.rules import parse_rules
 from services import policies as service
 from store.runtime import Runtime
 
@@ -110,16 +112,19 @@ class PoliciesController(Controller):
           opt=request_body(GatewayActionRequest), guards=[READ])
     async def explain(self, request: Request[Any, Any, Any], org_id: str) -> Explained:
         req: GatewayActionRequest = await declared_body(request)
-        d, extra = await service.explain(request.app.state.gateway, await _compiled(request, org_id), req)
-        return wire.explained(d, extra)
+        compiled = await _compiled(request, org_id)
+        d = await request.app.state.gateway.explain(req, compiled)
+        return wire.explained(d, policy_eval.explain_rules(compiled, d, req))
 
     @post("/test", status_code=HTTP_200_OK, summary="Run cases against a candidate rule set (live untouched)",
           opt=request_body(PolicyTestRequest, decode=False), guards=[READ])
     async def test_rules(self, request: Request[Any, Any, Any], org_id: str) -> TestRun:
-        body = await declared_body(request)
+        body = service.object_body(await declared_body(request), ("rules", "cases"))
+        rules = parse_rules(body["rules"], "rules") if body.get("rules") is not None else None
+        cases = policy_eval.parse_cases(body.get("cases"), "cases")
+        compiled = policy_eval.with_candidate(await _compiled(request, org_id), rules)
         tokens = getattr(request.app.state, "tokens", None)
-        results = await service.run_tests(await _compiled(request, org_id), body, getattr(tokens, "verifier", None))
-        return wire.test_run(results)
+        return wire.test_run(await policy_eval.run_cases(compiled, cases, cap_verifier=getattr(tokens, "verifier", None)))
 
     # --- shadow --------------------------------------------------------------------------
     @post("/shadow", status_code=HTTP_201_CREATED, summary="Deploy a candidate rule set as shadow",

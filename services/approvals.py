@@ -7,6 +7,7 @@ other gets 409). No HTTP here: errors are core.errors, the audit context is a ``
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -14,7 +15,6 @@ from audit.changes import ChangeContext
 from core.clock import isoformat, utcnow
 from core.errors import Conflict, FieldIssue, NotFound, PermissionDenied, Unprocessable, ValidationFailed
 from core.text import text_issue
-from gateway.overrides import bound_action, issue_override
 from store import approvals as repo
 from store.models import Approval
 from store.runtime import Runtime
@@ -23,6 +23,13 @@ MIN_OVERRIDE_TTL = 10
 MAX_OVERRIDE_TTL = 86400
 MAX_NOTES = 4000
 MAX_REASON = 1000
+
+
+# Signs the override token of an approval: (approval, ttl seconds, iat) -> (token, jti, exp).
+# The token format is the gateway's (gateway/overrides.py), which sits above this layer: the
+# controller passes its signer in. Raises ValueError when the action cannot be bound (params
+# not representable in canonical JSON).
+OverrideSigner = Callable[[Approval, int, int], tuple[str, str, int]]
 
 
 class Decider(Protocol):
@@ -144,7 +151,7 @@ async def _decide(runtime: Runtime, ctx: ChangeContext, who: Decider, approval: 
 
 
 async def approve(runtime: Runtime, ctx: ChangeContext, who: Decider, org_id: str, approval_id: str, *,
-                  notes: str | None, expires_in_seconds: int | None) -> Approval:
+                  notes: str | None, expires_in_seconds: int | None, sign: OverrideSigner) -> Approval:
     """Approve: sign an override token bound to the exact action (``iat`` = the decision's
     time, so the agent's poll re-signs the same token) and record its id and expiry."""
     issues: list[FieldIssue] = []
@@ -155,12 +162,7 @@ async def approve(runtime: Runtime, ctx: ChangeContext, who: Decider, org_id: st
     _check(issues)
     approval, now = await _decidable(runtime, org_id, approval_id, who)
     try:
-        _token, jti, exp = issue_override(
-            runtime.keys, runtime.settings,
-            approval_id=approval.id, org_id=org_id, uapk_id=approval.uapk_id, agent_id=approval.agent_id,
-            capability=approval.capability, **bound_action(approval.action or {}, approval.counterparty),
-            ttl_seconds=ttl, now=int(now.timestamp()),
-        )
+        _token, jti, exp = sign(approval, ttl, int(now.timestamp()))
     except ValueError:
         # e.g. an integer beyond 2**53 in params: RFC 8785 cannot canonicalise it, so no
         # override token could ever match this action. Deny it instead.

@@ -3,8 +3,8 @@ shadow deployments.
 
 Every change is one unit of work in store.policy_rules (a new policy version, its audit event
 inside the transaction, ``PolicyChanged`` announced after the commit); this module validates
-what arrives (``policies.rules``: every problem named by its dotted path) and asks the running
-gateway for explain and test runs, which spend and record nothing. No HTTP here.
+what arrives (``policies.rules``: every problem named by its dotted path). Explain and test runs
+are the decision engine's (gateway/policy_eval.py): they change nothing. No HTTP here.
 """
 from __future__ import annotations
 
@@ -13,15 +13,12 @@ from typing import Any
 
 from audit.changes import ChangeContext
 from core.errors import FieldIssue, NotFound, ValidationFailed
-from gateway import policy_eval
-from gateway.schemas import GatewayActionRequest
-from policies.compile import CompiledOrg
 from policies.rules import Rule, parse_rule, parse_rules
 from store import policy_rules as repo
 from store.runtime import Runtime
 
 
-def _object(body: Any, allowed: tuple[str, ...]) -> dict[str, Any]:
+def object_body(body: Any, allowed: tuple[str, ...]) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ValidationFailed(details=[FieldIssue("body", "Must be a JSON object.")])
     unknown = [k for k in body if k not in allowed]
@@ -69,21 +66,6 @@ async def rollback(runtime: Runtime, ctx: ChangeContext, actor: str, org_id: str
     return await version(runtime, org_id, new)
 
 
-# --- explain and test (nothing spent, nothing recorded) --------------------------------------
-async def explain(gateway: Any, org: CompiledOrg, req: GatewayActionRequest) -> tuple[Any, dict[str, Any]]:
-    """The decision ``req`` would get now, and the rules that matched it."""
-    d = await gateway.explain(req, org)
-    return d, policy_eval.explain_rules(org, d, req)
-
-
-async def run_tests(org: CompiledOrg, body: Any, cap_verifier: Any) -> list[policy_eval.CaseResult]:
-    """``body``: ``{cases, rules?}``; the cases run against ``rules`` (default: the live set)."""
-    body = _object(body, ("rules", "cases"))
-    rules = parse_rules(body["rules"], "rules") if body.get("rules") is not None else None
-    cases = policy_eval.parse_cases(body.get("cases"), "cases")
-    return await policy_eval.run_cases(policy_eval.with_candidate(org, rules), cases, cap_verifier=cap_verifier)
-
-
 # --- shadow --------------------------------------------------------------------------------
 async def shadow(runtime: Runtime, org_id: str) -> repo.VersionInfo:
     async with runtime.sessions() as session:
@@ -95,7 +77,7 @@ async def shadow(runtime: Runtime, org_id: str) -> repo.VersionInfo:
 
 async def deploy_shadow(runtime: Runtime, ctx: ChangeContext, actor: str, org_id: str, body: Any) -> repo.VersionInfo:
     """``body``: ``{rules}``, the candidate set that decides beside the live one."""
-    rules = parse_rules(_object(body, ("rules",)).get("rules"), "rules")
+    rules = parse_rules(object_body(body, ("rules",)).get("rules"), "rules")
     await repo.deploy_shadow(runtime, org_id, rules, actor, ctx.hook)
     return await shadow(runtime, org_id)
 
