@@ -47,6 +47,8 @@ class McpServerCreate(Strict):
     headers: dict[str, str] | None = None
     env: dict[str, str] | None = None
     tools: list[str] | None = None
+    # streamable_http: may the url's host resolve to a private, loopback or link-local address?
+    allow_private_addresses: bool = False
 
 
 class McpServerOut(msgspec.Struct):
@@ -55,6 +57,7 @@ class McpServerOut(msgspec.Struct):
     name: str
     transport: str
     url: str | None
+    allow_private_addresses: bool
     command: str | None
     args: list[str] | None
     header_names: list[str]
@@ -144,7 +147,8 @@ class BindingList(msgspec.Struct):
 
 def _server_out(s: McpServer) -> McpServerOut:
     return McpServerOut(
-        id=s.id, org_id=s.org_id, name=s.name, transport=s.transport, url=s.url, command=s.command, args=s.args,
+        id=s.id, org_id=s.org_id, name=s.name, transport=s.transport, url=s.url,
+        allow_private_addresses=s.allow_private_addresses, command=s.command, args=s.args,
         header_names=list(s.header_names), env_names=list(s.env_names), tools=s.tools,
         capabilities={t: mcp_capability(s.name, t) for t in s.tools} if s.tools is not None else None,
         created_at=isoformat(s.created_at) or "", created_by=s.created_by,
@@ -186,7 +190,7 @@ class McpServerController(Controller):
         row = await service.register_server(
             _runtime(request), change_context(request, caller), caller.actor, org_id, name=data.name,
             transport=data.transport, url=data.url, command=data.command, args=data.args, headers=data.headers,
-            env=data.env, tools=data.tools,
+            env=data.env, tools=data.tools, allow_private_addresses=data.allow_private_addresses,
         )
         return _server_out(row)
 

@@ -95,7 +95,8 @@ def _url_issue(url: str) -> str | None:
 
 
 def _secret_map(issues: _Issues, field: str, values: Mapping[str, str] | None, name_rule: re.Pattern[str],
-                name_issue: str, *, reserved: frozenset[str] = frozenset()) -> dict[str, str]:
+                name_issue: str, *, reserved: frozenset[str] = frozenset(),
+                ascii_only: bool = False) -> dict[str, str]:
     """Names checked one by one; values only for their size and control characters (the
     issue never quotes a value: it is a secret)."""
     if not values:
@@ -118,6 +119,9 @@ def _secret_map(issues: _Issues, field: str, values: Mapping[str, str] | None, n
             issues.add(where, f"The value must be at most {MAX_SECRET_VALUE} characters.")
         elif any(ord(c) < 0x20 and c != "\t" or ord(c) == 0x7F for c in value):
             issues.add(where, "The value must not contain control characters (CR, LF, NUL...).")
+        elif ascii_only and not value.isascii():
+            # What goes on the wire as an HTTP header: anything else fails at call time.
+            issues.add(where, "The value must be ASCII.")
     return dict(values)
 
 
@@ -193,6 +197,7 @@ async def register_server(
     runtime: Runtime, ctx: ChangeContext, actor: str, org_id: str, *, name: str, transport: str,
     url: str | None = None, command: str | None = None, args: list[str] | None = None,
     headers: Mapping[str, str] | None = None, env: Mapping[str, str] | None = None, tools: list[str] | None = None,
+    allow_private_addresses: bool = False,
 ) -> McpServer:
     issues = _Issues()
     _check_server_name(issues, name)
@@ -220,11 +225,11 @@ async def register_server(
                 issues.add(f"args.{i}", "Must be at most 4096 characters.")
             elif (problem := text_issue(arg)) is not None:
                 issues.add(f"args.{i}", problem)
-        for field, value in (("url", url), ("headers", headers)):
+        for field, value in (("url", url), ("headers", headers), ("allow_private_addresses", allow_private_addresses)):
             if value:
                 issues.add(field, "Only for the streamable_http transport.")
     header_map = _secret_map(issues, "headers", headers, HEADER_NAME, "Header names are tokens (RFC 9110): "
-                             "letters, digits and !#$%&'*+.^_`|~-.", reserved=RESERVED_HEADERS)
+                             "letters, digits and !#$%&'*+.^_`|~-.", reserved=RESERVED_HEADERS, ascii_only=True)
     env_map = _secret_map(issues, "env", env, ENV_NAME, "Variable names are letters, digits and _, not starting with a digit.")
     declared = _check_tools(issues, tools)
     issues.raise_if_any()
@@ -251,6 +256,7 @@ async def register_server(
             row = await repo.add(uow.session, McpServer(
                 id=server_id, org_id=org_id, name=name, transport=transport,
                 url=url if transport == "streamable_http" else None,
+                allow_private_addresses=bool(allow_private_addresses) and transport == "streamable_http",
                 command=command if transport == "stdio" else None,
                 args=list(args or []) if transport == "stdio" else None,
                 header_names=sorted(header_map), env_names=sorted(env_map), secrets_sealed=sealed,
@@ -260,6 +266,7 @@ async def register_server(
             raise Conflict(f"An MCP server named {name!r} exists already.", [FieldIssue("name", "Taken.")]) from None
         await uow.record("mcp_server.registered", {
             "server_id": row.id, "name": row.name, "transport": row.transport, "url": row.url,
+            "allow_private_addresses": row.allow_private_addresses,
             "command": row.command, "args": row.args, "header_names": row.header_names,
             "env_names": row.env_names, "tools": row.tools,
         })
@@ -311,7 +318,7 @@ async def register_connector(
         issues.add("connect_timeout_ms", "Must not exceed total_timeout_ms.")
     cap = _bounded(issues, "max_response_bytes", max_response_bytes, DEFAULT_MAX_RESPONSE_BYTES, 1, MAX_RESPONSE_BYTES)
     header_map = _secret_map(issues, "headers", headers, HEADER_NAME, "Header names are tokens (RFC 9110): "
-                             "letters, digits and !#$%&'*+.^_`|~-.", reserved=RESERVED_HEADERS)
+                             "letters, digits and !#$%&'*+.^_`|~-.", reserved=RESERVED_HEADERS, ascii_only=True)
     issues.raise_if_any()
 
     connector_id = new_id()

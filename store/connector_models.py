@@ -31,6 +31,9 @@ class McpServer(Base):
     name: Mapped[str] = mapped_column(String(48))
     transport: Mapped[str] = mapped_column(String(16))  # streamable_http | stdio
     url: Mapped[str | None] = mapped_column(Text, nullable=True)  # streamable_http
+    # streamable_http: may the url's host resolve to a private, loopback or link-local address
+    # (core/netpolicy.py)? Off unless an admin says so.
+    allow_private_addresses: Mapped[bool] = mapped_column(Boolean, default=False)
     command: Mapped[str | None] = mapped_column(Text, nullable=True)  # stdio
     args: Mapped[list[str] | None] = mapped_column(JSONType, nullable=True)  # stdio
     header_names: Mapped[list[str]] = mapped_column(JSONType)

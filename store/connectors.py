@@ -6,7 +6,7 @@ concurrent change surfaces here as :class:`Taken`, inside the caller's transacti
 """
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -52,7 +52,8 @@ async def get(session: AsyncSession, model: type[Row], org_id: str, row_id: str)
 async def by_name(session: AsyncSession, model: type[McpServer] | type[HttpConnector], org_id: str,
                   name: str) -> McpServer | HttpConnector | None:
     where: Any = (model.org_id == org_id) & (model.name == name)
-    return (await session.execute(select(model).where(where))).scalar_one_or_none()
+    row = (await session.execute(select(model).where(where))).scalar_one_or_none()
+    return cast("McpServer | HttpConnector | None", row)
 
 
 async def bindings_to(session: AsyncSession, org_id: str, *, server_id: str | None = None,

@@ -44,6 +44,11 @@ async def test_register_mcp_server_secrets_never_leave(client: Client, org: Org,
     assert server["header_names"] == ["Authorization"] and stdio.json()["env_names"] == ["GITHUB_TOKEN"]
     assert server["capabilities"] == {"getUser": "crm:get_user", "issues.list": "crm:issues_list"}
     assert server["transport"] == "streamable_http" and server["url"] == "https://mcp.example.com/mcp"
+    assert server["allow_private_addresses"] is False
+    local = await register_http_server(client, org, name="local", url="http://127.0.0.1:8931/mcp",
+                                       allow_private_addresses=True)
+    assert local["allow_private_addresses"] is True
+    await client.delete(f"{base(org)}/mcp-servers/{local['id']}", headers=org.headers)
 
     # Nothing the API answers holds a value: the POST, the list, the one.
     answers = [json.dumps(server), stdio.text]
@@ -63,7 +68,7 @@ async def test_register_mcp_server_secrets_never_leave(client: Client, org: Org,
     assert all(str(row._mapping["secrets_sealed"]).startswith("bsx1.") for row in rows)
 
     # The audit events name the headers and variables, never their values.
-    events = [e for e in await changes(client, org) if e["kind"] == "mcp_server.registered"]
+    events = [e for e in await changes(client, org) if e["kind"] == "mcp_server.registered" and e["details"]["name"] != "local"]
     assert len(events) == 2
     assert events[0]["details"]["header_names"] == ["Authorization"] and events[0]["details"]["server_id"] == server["id"]
     assert events[1]["details"]["env_names"] == ["GITHUB_TOKEN"]
@@ -132,6 +137,9 @@ async def test_http_connector_registration_and_defaults(client: Client, org: Org
     ({"name": "crm", "transport": "streamable_http", "url": "https://x.example.com",
       "headers": {"Host": "evil.example"}}, {"headers.Host"}),
     ({"name": "crm", "transport": "stdio", "command": "x", "env": {"1BAD": "v"}}, {"env"}),
+    ({"name": "crm", "transport": "stdio", "command": "x", "allow_private_addresses": True}, {"allow_private_addresses"}),
+    ({"name": "crm", "transport": "streamable_http", "url": "https://x.example.com",
+      "headers": {"X-Token": "caf\u00e9"}}, {"headers.X-Token"}),
     ({"name": "crm", "transport": "streamable_http", "url": "https://x.example.com", "tools": [""]}, {"tools.0"}),
 ])
 async def test_mcp_server_validation(client: Client, org: Org, body: dict[str, Any], fields: set[str]) -> None:

@@ -25,6 +25,7 @@ def upgrade() -> None:
         sa.Column("name", sa.String(length=48), nullable=False),
         sa.Column("transport", sa.String(length=16), nullable=False),
         sa.Column("url", sa.Text(), nullable=True),
+        sa.Column("allow_private_addresses", sa.Boolean(), nullable=False),
         sa.Column("command", sa.Text(), nullable=True),
         sa.Column("args", sa.JSON(), nullable=True),
         sa.Column("header_names", sa.JSON(), nullable=False),
