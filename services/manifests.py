@@ -3,9 +3,9 @@
 A transition (approve, reject, suspend, reactivate, revoke) is one function: check the texts,
 then one unit of work (store.unit_of_work: the org version bump, the conditional update and its
 events from store.manifests, the audit event inside the transaction; after the commit, the
-announcement to every gateway). The actions differ only in what
-store.manifests.TRANSITIONS allows and, for approve, in the approved capabilities. No HTTP
-here: errors are core.errors, the audit context is a ``ChangeContext``.
+announcement to every gateway). The actions differ only in what store.manifests.TRANSITIONS
+allows and, for approve, in the approved capabilities. No HTTP here: errors are core.errors,
+the audit context is a ``ChangeContext``.
 """
 from __future__ import annotations
 
@@ -27,7 +27,6 @@ from store.unit_of_work import unit_of_work
 
 MAX_REASON = 1000
 MAX_NOTES = 2000
-ACTIONS = tuple(repo.TRANSITIONS)
 MANIFEST_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.ASCII)
 
 
