@@ -23,8 +23,8 @@ def gateway_routes(settings: Settings | None = None) -> list[Any]:
 
 def gateway_hooks() -> tuple[list[Any], list[Any]]:
     """Start-up and shut-down hooks the gateway needs (state loading, listeners)."""
-    from store.audit_writer import start_audit, stop_audit  # first up, last down: decisions record into it
     from gateway.token_routes import start_tokens, stop_tokens
+    from store.audit_writer import start_audit, stop_audit  # first up, last down: decisions record into it
 
     # Tokens first: the decision pipeline uses their verifier (claims cache + revocations).
     return [start_audit, start_tokens, start_decisions], [stop_audit, stop_decisions, stop_tokens]

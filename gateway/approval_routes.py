@@ -13,8 +13,8 @@ from litestar import Request, get
 
 from core.clock import utcnow
 from core.errors import NotFound
-from gateway.approvals import ApprovalBase, override_spent, override_status, wire
 from gateway.agent_auth import APPROVAL_POLL, GATEWAY_ROLES, agent_of
+from gateway.approvals import ApprovalBase, override_spent, override_status, wire
 from store import approvals as repo
 from store.runtime import Runtime
 

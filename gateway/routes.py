@@ -12,12 +12,13 @@ from typing import Any
 from litestar import MediaType, Request, Response, Router, post
 from litestar.exceptions import HTTPException
 
-from core.settings import Settings
 from audit.changes import actor_of, request_id_of
+from core.settings import Settings
+from gateway.agent_auth import DECISIONS, GATEWAY_ROLES, agent_of  # noqa: F401  (GATEWAY_ROLES: re-exported)
 from gateway.schemas import EvaluateResponse, ExecuteResponse, GatewayActionRequest
 from gateway.service import Gateway, ratelimit_headers
-from gateway.agent_auth import DECISIONS, GATEWAY_ROLES, agent_of  # noqa: F401  (GATEWAY_ROLES: re-exported)
 from httpkit.openapi import declared_body, request_body
+
 
 async def _body(request: Request[Any, Any, Any]) -> GatewayActionRequest:
     settings: Settings = request.app.state.settings
