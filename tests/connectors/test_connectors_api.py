@@ -300,3 +300,36 @@ async def test_pagination_is_validated(client: Client, org: Org) -> None:
     for params in ({"limit": 0}, {"limit": 101}, {"offset": -1}):
         assert_error(await client.get(f"{base(org)}/http-connectors", params=params, headers=org.headers),
                      400, "VALIDATION_ERROR")
+
+
+async def test_connector_delete_and_other_orgs_bindings(client: Client, org: Org, other_org: Org) -> None:
+    conn = (await client.post(f"{base(org)}/http-connectors", json={
+        "name": "crm-api", "method": "GET", "url_template": "https://crm.example.com/c/{id}"}, headers=org.headers)).json()
+    b = (await client.post(f"{base(org)}/bindings", json={"capability": "crm:read", "http_connector_id": conn["id"]},
+                           headers=org.headers)).json()
+    assert_error(await client.delete(f"{base(org)}/http-connectors/{conn['id']}", headers=org.headers), 409, "CONFLICT")
+    for method in (client.get, client.delete):
+        assert_error(await method(f"{base(other_org)}/bindings/{b['id']}", headers=other_org.headers), 404, "NOT_FOUND")
+        assert_error(await method(f"{base(other_org)}/http-connectors/{conn['id']}", headers=other_org.headers),
+                     404, "NOT_FOUND")
+    assert (await client.get(f"{base(org)}/bindings/{b['id']}", headers=org.headers)).json() == b
+    assert (await client.delete(f"{base(org)}/bindings/{b['id']}", headers=org.headers)).status_code == 204
+    assert (await client.delete(f"{base(org)}/http-connectors/{conn['id']}", headers=org.headers)).status_code == 204
+    kinds = [e["kind"] for e in await changes(client, org)]
+    assert kinds[-4:] == ["http_connector.registered", "binding.created", "binding.deleted", "http_connector.deleted"]
+
+
+async def test_secrets_sealed_before_a_key_rotation_still_open(client: Client, org: Org) -> None:
+    from core.secretbox import SecretBox
+    from services import connectors as service
+    from store import secret_keys
+    from store.connector_models import McpServer
+
+    runtime = client.app.state.runtime
+    old = await register_http_server(client, org, name="old")
+    new_kid = secret_keys.rotate(secret_keys.key_file(runtime.settings))
+    new = await register_http_server(client, org, name="new")
+    rows = [await service.get_row(runtime, McpServer, org.org_id, s["id"]) for s in (old, new)]
+    assert SecretBox.kid_of(rows[0].secrets_sealed or "") != new_kid == SecretBox.kid_of(rows[1].secrets_sealed or "")
+    for row in rows:
+        assert service.open_secrets(runtime, row)["headers"] == {"Authorization": SECRET}
