@@ -98,7 +98,7 @@ lint: $(WHEEL_STAMP)
 	$(WBIN)/mypy --cache-dir=/dev/null || status=1; \
 	exit $$status
 
-test: $(WHEEL_STAMP)
+test: lint $(WHEEL_STAMP)
 	$(call run_from_wheel,,$(PYTEST_ARGS))
 
 # The tests of pure code (tests/unit), with no PostgreSQL and no Redis: the session does not
