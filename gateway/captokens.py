@@ -23,7 +23,6 @@ from typing import Any
 
 import jwt
 
-from core.canonical import canonical_json
 from core.tasks import cancel, every
 from core.tokens import CAPABILITY_TYP, LEEWAY_SECONDS, TokenInvalid, verify
 from gateway.idsets import ExpiringIds
@@ -182,10 +181,6 @@ def check_action(
         return TokenProblem("capability_not_in_token", "Currency is not allowed by the token.",
                             {"constraint": "currencies", "allowed": currencies})
     return None
-
-
-def constraints_size_ok(constraints: dict[str, Any]) -> bool:
-    return len(canonical_json(constraints)) <= 4096
 
 
 class TokenService:

@@ -63,9 +63,6 @@ class Authenticator:
             self._cache.pop(message.key_hash, None)
             self.evict_id(message.key_id)
 
-    def evict(self, key_hash: str) -> None:
-        self._cache.pop(key_hash, None)
-
     def evict_id(self, key_id: str) -> None:
         for h, (p, _) in list(self._cache.items()):
             if p.key_id == key_id:
