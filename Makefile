@@ -27,13 +27,13 @@ WVENV       := .venv-wheel
 WBIN        := $(WVENV)/bin
 WPIP        := $(WBIN)/python -m pip --disable-pip-version-check
 WHEEL_STAMP := $(WVENV)/.test-installed
-PACKAGES    := core httpkit policies audit store gateway services api bastion
+PACKAGES    := core httpkit policies audit store gateway services console api bastion
 # What `make soak` runs: the fault suite in its long form, and the tests whose documented time
 # figures (1 s propagation, 2 s catch-up, 5 s recovery) are asserted only under BASTION_SOAK=1.
 SOAK_TESTS  := tests/faults tests/gateway/test_propagation.py tests/policies/test_rollout.py \
                tests/tokens/test_capability_tokens.py
 
-.PHONY: run test lint unit test-latest lock migrate bench soak clean venv
+.PHONY: run test lint unit test-latest lock migrate bench soak clean venv browser
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ required"'
@@ -98,7 +98,12 @@ lint: $(WHEEL_STAMP)
 	$(WBIN)/mypy --cache-dir=/dev/null || status=1; \
 	exit $$status
 
-test: lint $(WHEEL_STAMP)
+# The console's browser tests (tests/console) drive Debian's chromium through Playwright; a clean
+# CI machine (root) gets it from apt. Never `playwright install`: it downloads a browser.
+browser:
+	@command -v chromium >/dev/null || (apt-get update && apt-get install -y --no-install-recommends chromium)
+
+test: browser lint $(WHEEL_STAMP)
 	$(call run_from_wheel,,$(PYTEST_ARGS))
 
 # The tests of pure code (tests/unit), with no PostgreSQL and no Redis: the session does not
