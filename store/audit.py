@@ -45,7 +45,7 @@ from audit.checkpoint import (
     verify_tokens,
 )
 from audit.event import FIELDS, AuditEvent, build_event, format_ts, normalize, parse_ts
-from audit.event import params_digest as params_digest  # gateway/shadow.py still imports it from here
+from audit.event import params_digest as params_digest  # tests/audit/test_events.py reads it from here
 from audit.sink import register_sink
 from audit.verify import ChainVerifier, VerifyResult
 from core.clock import utcnow
