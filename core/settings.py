@@ -137,6 +137,10 @@ class Settings:
     # and how many password hashes (scrypt, ~16 MiB each) run at once.
     login_failures_per_minute: int = 600
     login_hash_concurrency: int = 4
+    # Web console sessions (docs/console.md): signed out after this long without a request, and
+    # in any case this long after signing in.
+    console_idle_timeout_seconds: int = 30 * 60
+    console_absolute_timeout_seconds: int = 12 * 3600
     # Peers whose X-Forwarded-For names the client (IPs or CIDR networks); empty = ignore it.
     trusted_proxies: tuple[str, ...] = ()
     # Defaults applied when a manifest defines no quota.
@@ -200,6 +204,8 @@ _SPEC: dict[str, tuple[str, Callable[[str], object]]] = {
     "BASTION_SESSION_TTL_SECONDS": ("session_ttl_seconds", _int("BASTION_SESSION_TTL_SECONDS", 60, 7 * 86400)),
     "BASTION_LOGIN_FAILURES_PER_MINUTE": ("login_failures_per_minute", _int("BASTION_LOGIN_FAILURES_PER_MINUTE", 1, 10**7)),
     "BASTION_LOGIN_HASH_CONCURRENCY": ("login_hash_concurrency", _int("BASTION_LOGIN_HASH_CONCURRENCY", 1, 256)),
+    "BASTION_CONSOLE_IDLE_TIMEOUT_SECONDS": ("console_idle_timeout_seconds", _int("BASTION_CONSOLE_IDLE_TIMEOUT_SECONDS", 60, 7 * 86400)),
+    "BASTION_CONSOLE_ABSOLUTE_TIMEOUT_SECONDS": ("console_absolute_timeout_seconds", _int("BASTION_CONSOLE_ABSOLUTE_TIMEOUT_SECONDS", 60, 30 * 86400)),
     "BASTION_TRUSTED_PROXIES": ("trusted_proxies", lambda raw: _networks("BASTION_TRUSTED_PROXIES", raw)),
     "BASTION_DEFAULT_MAX_ACTIONS_PER_HOUR": ("default_max_actions_per_hour", _int("BASTION_DEFAULT_MAX_ACTIONS_PER_HOUR", 1, 10**9)),
     "BASTION_DEFAULT_MAX_ACTIONS_PER_DAY": ("default_max_actions_per_day", _int("BASTION_DEFAULT_MAX_ACTIONS_PER_DAY", 1, 10**9)),
