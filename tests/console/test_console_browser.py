@@ -1,0 +1,152 @@
+"""The console in a real browser against a real server: sign in, an agent escalates, the inbox
+shows it live, approve on the page, the agent's retry is allowed; deny; a viewer sees no
+buttons; a forged POST without the CSRF token is refused."""
+from __future__ import annotations
+
+from typing import Any
+
+from tests.console.conftest import AGENT, Console, escalate, screenshot_dir, sign_in
+
+LIVE_TIMEOUT_MS = 10_000  # the stream polls every 2 s
+
+
+def _agent_poll(console: Console, approval_id: str) -> dict[str, Any]:
+    with console.agent() as agent:
+        r = agent.get(f"/api/v1/approvals/{approval_id}")
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+def _api_view(console: Console, approval_id: str) -> dict[str, Any]:
+    """The approval as the management API shows it (who decided, notes, reason)."""
+    with console.server.client(console.server.owner_key) as owner:
+        r = owner.get(f"/api/v1/orgs/{console.org_id}/approvals/{approval_id}")
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+def test_sign_in_live_inbox_approve_and_the_agents_retry_is_allowed(browser: Any, console: Console) -> None:
+    page = sign_in(browser, console, console.approver)
+    response = page.reload()
+    csp = response.headers["content-security-policy"]
+    assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp
+    cookie = next(c for c in page.context.cookies() if c["name"] == "bastion_console")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and not cookie["secure"]  # plain HTTP here
+    page.wait_for_selector("#live-status.on", timeout=LIVE_TIMEOUT_MS)
+
+    # Text an agent controls, with markup and a right-to-left override in it.
+    approval_id = escalate(console, params={"charge": "ch_1", "note": "<script>alert(1)</script> pay\u202eevil"},
+                           description="Refund <b>order</b> 1234")
+    row = page.wait_for_selector(f"tr[data-approval-id='{approval_id}']", timeout=LIVE_TIMEOUT_MS)  # no reload
+    assert "stripe:refund" in row.inner_text() and "42.5 EUR" in row.inner_text()
+    if (shots := screenshot_dir()) is not None:
+        page.screenshot(path=str(shots / "console-inbox.png"), full_page=True)
+
+    page.click(f"tr[data-approval-id='{approval_id}'] a")
+    page.wait_for_selector("#approve")
+    assert page.inner_text("#status") == "PENDING"
+    params = page.inner_text("#params")
+    assert "<script>alert(1)</script>" in params and "U+202E" in params  # shown as text, the override as a badge
+    assert page.inner_text("#description") == "Refund <b>order</b> 1234"
+    assert page.locator("#hidden-warning").count() == 1
+    assert page.evaluate("() => window.alerted === undefined && document.scripts.length") == 1  # console.js only
+    if shots is not None:
+        page.screenshot(path=str(shots / "console-approval.png"), full_page=True)
+
+    page.fill("form.approve textarea[name=notes]", "Customer verified by phone.")
+    page.click("#approve")
+    page.wait_for_selector("#decided")
+    assert page.inner_text("#status") == "APPROVED"
+    assert console.approver in page.inner_text("#decided")
+    assert page.locator("#approve").count() == 0
+
+    seen = _api_view(console, approval_id)
+    assert seen["status"] == "APPROVED" and seen["decided_by"] == console.approver
+    assert seen["notes"] == "Customer verified by phone."
+    polled = _agent_poll(console, approval_id)
+    assert polled["status"] == "APPROVED"
+    with console.agent() as agent:
+        body = {"uapk_id": AGENT, "agent_id": "agent-1", "override_token": polled["override_token"],
+                "action": {"type": "refund", "tool": "stripe", "amount": 42.5, "currency": "EUR",
+                           "params": {"charge": "ch_1", "note": "<script>alert(1)</script> pay\u202eevil"},
+                           "description": "Refund <b>order</b> 1234"}}
+        r = agent.post("/api/v1/gateway/execute", json=body)
+    assert r.status_code == 200 and r.json()["decision"] == "allow", r.text
+
+    # Decided approvals leave the inbox (live, again without a reload).
+    page.goto(f"{console.url}/console/orgs/{console.org_id}/approvals")
+    assert page.locator(f"tr[data-approval-id='{approval_id}']").count() == 0
+    page.context.close()
+
+
+def test_deny_with_a_reason(browser: Any, console: Console) -> None:
+    approval_id = escalate(console, amount=99.0)
+    page = sign_in(browser, console, console.approver)
+    page.goto(f"{console.url}/console/orgs/{console.org_id}/approvals/{approval_id}")
+    page.fill("form.deny textarea[name=reason]", "Not our customer.")
+    page.click("#deny")
+    page.wait_for_selector("#decided")
+    assert page.inner_text("#status") == "DENIED"
+    seen = _api_view(console, approval_id)
+    assert seen["status"] == "DENIED" and seen["reason"] == "Not our customer." and seen["decided_by"] == console.approver
+    assert _agent_poll(console, approval_id).get("override_token") is None
+    page.context.close()
+
+
+def test_a_viewer_sees_no_decision_buttons_and_cannot_decide(browser: Any, console: Console) -> None:
+    approval_id = escalate(console, amount=7.0)
+    page = sign_in(browser, console, console.viewer)
+    page.goto(f"{console.url}/console/orgs/{console.org_id}/approvals/{approval_id}")
+    assert page.inner_text("#status") == "PENDING"
+    assert page.locator("#approve").count() == 0 and page.locator("#deny").count() == 0
+    assert "viewer" in page.inner_text("#read-only")
+    # Even with the session's own CSRF token, the role decides: 403, still pending.
+    csrf = page.context.cookies() and page.evaluate("() => document.querySelector('input[name=csrf_token]').value")
+    r = page.request.post(f"{console.url}/console/orgs/{console.org_id}/approvals/{approval_id}/approve",
+                          form={"csrf_token": csrf}, max_redirects=0)
+    assert r.status == 403
+    assert _agent_poll(console, approval_id)["status"] == "PENDING"
+    page.context.close()
+
+
+def test_a_forged_post_without_the_csrf_token_is_refused(browser: Any, console: Console) -> None:
+    approval_id = escalate(console, amount=8.0)
+    page = sign_in(browser, console, console.approver)
+    url = f"{console.url}/console/orgs/{console.org_id}/approvals/{approval_id}"
+    # The signed-in browser's cookie goes along (what a forged form would rely on); no token.
+    for form in ({"notes": "forged"}, {"notes": "forged", "csrf_token": "not-the-token"}):
+        r = page.request.post(f"{url}/approve", form=form, max_redirects=0)
+        assert r.status == 403, r.text()
+        assert r.json()["code"] == "PERMISSION_DENIED"
+    r = page.request.post(f"{url}/deny", form={}, max_redirects=0)
+    assert r.status == 403
+    assert _agent_poll(console, approval_id)["status"] == "PENDING"
+    page.context.close()
+
+
+def test_sign_out_ends_the_session_even_for_a_copied_cookie(browser: Any, console: Console) -> None:
+    page = sign_in(browser, console, console.approver)
+    copied = next(c for c in page.context.cookies() if c["name"] == "bastion_console")
+    page.click("text=Sign out")
+    page.wait_for_url(f"{console.url}/console/login")
+    context = browser.new_context()
+    context.add_cookies([copied])
+    other = context.new_page()
+    other.goto(f"{console.url}/console/orgs/{console.org_id}/approvals")
+    assert other.url == f"{console.url}/console/login"  # redirected: the session is over
+    context.close()
+    page.context.close()
+
+
+def test_a_wrong_password_is_refused_on_the_page(browser: Any, console: Console) -> None:
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(f"{console.url}/console/login")
+    page.fill("input[name=email]", console.approver)
+    page.fill("input[name=password]", "wrong-password")
+    with page.expect_response(lambda r: r.url.endswith("/console/login") and r.request.method == "POST") as info:
+        page.click("button[type=submit]")
+    assert info.value.status == 401
+    assert "Invalid email or password." in page.inner_text(".error")
+    assert not [c for c in context.cookies() if c["name"] == "bastion_console"]
+    context.close()
