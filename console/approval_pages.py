@@ -38,8 +38,9 @@ STREAM_POLL_SECONDS = 2.0
 # A stream ends after this long; the browser reconnects and the session is checked again.
 STREAM_MAX_SECONDS = 300
 
-Agent = Annotated[str | None, Parameter(query="agent", min_length=1, max_length=63, required=False)]
-Capability = Annotated[str | None, Parameter(query="capability", min_length=1, max_length=200, required=False)]
+# An empty value is "all" (what the filter form's first option sends).
+Agent = Annotated[str | None, Parameter(query="agent", max_length=63, required=False)]
+Capability = Annotated[str | None, Parameter(query="capability", max_length=200, required=False)]
 
 
 async def _caller(request: Request[Any, Any, Any], session: ConsoleSession, org_id: str, action: str) -> Caller:
@@ -73,6 +74,7 @@ async def inbox(request: Request[Any, Any, Any], org_id: str, agent: Agent = Non
     if session is None:
         return Redirect(LOGIN)
     caller = await _caller(request, session, org_id, "read")
+    agent, capability = agent or None, capability or None
     shown, total, scanned = await _pending(request, caller, org_id, agent, capability)
     context = dict(org_id=org_id, approvals=shown, total=total, agent=agent, capability=capability,
                    agents=sorted({a.uapk_id for a in scanned}), capabilities=sorted({a.capability for a in scanned}),

@@ -10,7 +10,7 @@ rule) are shown as ``U+XXXX`` badges instead of acting on the page.
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
@@ -19,7 +19,6 @@ from litestar import Response
 from litestar.datastructures import Cookie
 from markupsafe import Markup, escape
 
-from core.clock import isoformat
 from core.text import refused_char
 
 # default-src 'self' and nothing inline: no script or style attribute, element or URL of
@@ -73,7 +72,10 @@ def pretty(value: Any) -> str:
 
 
 def when(value: datetime | None) -> str:
-    return isoformat(value) or ""
+    """A time for people, to the second, always in UTC (what the audit trail and the API use)."""
+    if value is None:
+        return ""
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 @lru_cache(maxsize=1)

@@ -150,3 +150,21 @@ def test_a_wrong_password_is_refused_on_the_page(browser: Any, console: Console)
     assert "Invalid email or password." in page.inner_text(".error")
     assert not [c for c in context.cookies() if c["name"] == "bastion_console"]
     context.close()
+
+
+def test_the_inbox_filters_by_agent_and_capability(browser: Any, console: Console) -> None:
+    approval_id = escalate(console, amount=3.0)
+    page = sign_in(browser, console, console.viewer)
+    inbox = f"{console.url}/console/orgs/{console.org_id}/approvals"
+    row = f"tr[data-approval-id='{approval_id}']"
+    page.select_option("select[name=capability]", "stripe:refund")
+    page.click("text=Filter")
+    page.wait_for_url(f"{inbox}?agent=&capability=stripe%3Arefund")
+    assert page.locator(row).count() == 1
+    for query in ("?capability=email:send", "?agent=other-bot", f"?agent={AGENT}&capability=email:send"):
+        page.goto(inbox + query)
+        assert page.locator(row).count() == 0, query
+        assert "0 pending" in page.inner_text("#pending-count")
+    page.goto(f"{inbox}?agent={AGENT}")
+    assert page.locator(row).count() == 1
+    page.context.close()
