@@ -39,7 +39,7 @@ class Console:
         return self.server.client(self.agent_key)
 
 
-def _join(server: BastionServer, email: str, role: str) -> None:
+def join(server: BastionServer, email: str, role: str) -> None:
     """Invited by the owner's key, signs in over the API and accepts (how a person joins)."""
     with server.client(server.owner_key) as owner, server.client() as anon:
         r = owner.post(f"/api/v1/orgs/{server.org_id}/users", json={"email": email, "password": PASSWORD, "role": role})
@@ -59,8 +59,8 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
     try:
         server.start()
         ids = setup_agent(server, AGENT, approved=["stripe:refund", "email:send"], human=["stripe:refund"])
-        _join(server, "approver@acme.com", "approver")
-        _join(server, "viewer@acme.com", "viewer")
+        join(server, "approver@acme.com", "approver")
+        join(server, "viewer@acme.com", "viewer")
         yield Console(server, server.org_id, ids["agent_key"], "approver@acme.com", "viewer@acme.com")
     finally:
         server.close()
@@ -93,12 +93,12 @@ def sign_in(browser: Any, console: Console, email: str, password: str = PASSWORD
 OWNER = (BOOT_EMAIL, BOOT_PASSWORD)
 
 
-def escalate(console: Console, **action: Any) -> str:
-    """The agent asks for a refund that needs a human; returns the approval id."""
+def escalate(console: Console, key: str | None = None, **action: Any) -> str:
+    """The agent (its key, or ``key``) asks for a refund that needs a human; returns the approval id."""
     body = {"uapk_id": AGENT, "agent_id": "agent-1",
             "action": {"type": "refund", "tool": "stripe", "params": {"charge": "ch_1"}, "amount": 42.5,
                        "currency": "EUR", **action}}
-    with console.agent() as agent:
+    with console.server.client(key or console.agent_key) as agent:
         r = agent.post("/api/v1/gateway/execute", json=body)
     assert r.status_code == 200 and r.json()["decision"] == "escalate", r.text
     return str(r.json()["approval_id"])

@@ -168,3 +168,26 @@ def test_the_inbox_filters_by_agent_and_capability(browser: Any, console: Consol
     page.goto(f"{inbox}?agent={AGENT}")
     assert page.locator(row).count() == 1
     page.context.close()
+
+
+def test_the_four_eyes_rule_is_explained_on_the_page(browser: Any, console: Console) -> None:
+    """An admin who created the agent's key may not approve its request: the service refuses,
+    the page says why (403) and the approval stays pending for another approver."""
+    from tests.console.conftest import PASSWORD, join
+
+    join(console.server, "admin@acme.com", "admin")
+    with console.server.client() as anon:
+        token = anon.post("/api/v1/auth/login", json={"email": "admin@acme.com", "password": PASSWORD}).json()["access_token"]
+        r = anon.post(f"/api/v1/orgs/{console.org_id}/api-keys", headers={"Authorization": f"Bearer {token}"},
+                      json={"name": "admins-bot-key", "role": "agent", "uapk_ids": [AGENT]})
+        assert r.status_code == 201, r.text
+    approval_id = escalate(console, key=r.json()["key"], amount=11.0)
+    page = sign_in(browser, console, "admin@acme.com")
+    page.goto(f"{console.url}/console/orgs/{console.org_id}/approvals/{approval_id}")
+    with page.expect_response(lambda resp: resp.url.endswith("/approve")) as info:
+        page.click("#approve")
+    assert info.value.status == 403
+    assert "Four-eyes rule" in page.inner_text("#decision-error")
+    assert page.inner_text("#status") == "PENDING"
+    assert _api_view(console, approval_id)["status"] == "PENDING"
+    page.context.close()
