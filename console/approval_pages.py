@@ -23,6 +23,7 @@ from console.accounts import may, org_name
 from console.auth_pages import LOGIN, runtime_of
 from console.render import SECURITY_HEADERS, page
 from console.sessions import CSRF_FIELD, ConsoleSession, check_csrf, is_tls, read_session, session_cookie
+from console.shutdown import stopping
 from console.signer import override_signer
 from core.clock import utcnow
 from core.errors import AuthenticationRequired, BastionError
@@ -35,6 +36,8 @@ INBOX_LIMIT = 100
 # Pending approvals read to filter by capability (the service filters by agent only).
 SCAN_LIMIT = 500
 STREAM_POLL_SECONDS = 2.0
+# How often a stream looks whether the server is stopping (console/shutdown.py).
+STREAM_TICK_SECONDS = 0.25
 # A stream ends after this long; the browser reconnects and the session is checked again.
 STREAM_MAX_SECONDS = 300
 
@@ -106,7 +109,11 @@ async def stream(request: Request[Any, Any, Any], org_id: str) -> Response[Any]:
         yield ServerSentEventMessage(event="ready", data="ok", retry=2000)
         deadline = time.monotonic() + STREAM_MAX_SECONDS
         while time.monotonic() < deadline:
-            await asyncio.sleep(STREAM_POLL_SECONDS)
+            next_poll = time.monotonic() + STREAM_POLL_SECONDS
+            while time.monotonic() < next_poll:
+                if stopping():  # end the stream so that a restart does not wait for it
+                    return
+                await asyncio.sleep(STREAM_TICK_SECONDS)
             if await read_session(runtime, request) is None:  # signed out or expired meanwhile
                 return
             try:
