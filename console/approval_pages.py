@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from datetime import timedelta
+from typing import Annotated, Any, Literal
 
 from litestar import Request, get, post
 from litestar.params import Parameter
@@ -26,11 +27,13 @@ from console.sessions import CSRF_FIELD, ConsoleSession, check_csrf, is_tls, rea
 from console.shutdown import stopping
 from console.signer import override_signer
 from core.clock import utcnow
-from core.errors import AuthenticationRequired, BastionError
+from core.errors import AuthenticationRequired, BastionError, NotFound
 from httpkit.auth import Caller, Principal, admit
 from services import approvals as service
+from services import manifests
 from store.approvals import PENDING, effective_status
-from store.models import Approval
+from store.models import Approval, Manifest
+from store.runtime import Runtime
 
 INBOX_LIMIT = 100
 # Pending approvals read to filter by capability (the service filters by agent only).
@@ -44,6 +47,10 @@ STREAM_MAX_SECONDS = 300
 # An empty value is "all" (what the filter form's first option sends).
 Agent = Annotated[str | None, Parameter(query="agent", max_length=63, required=False)]
 Capability = Annotated[str | None, Parameter(query="capability", max_length=200, required=False)]
+# "Waiting for at least": the menu's choices, in seconds.
+AGES = {"5m": 300, "1h": 3600, "1d": 86400}
+Age = Annotated[Literal["", "5m", "1h", "1d"] | None, Parameter(query="age", required=False)]
+OTHERS_LIMIT = 20
 
 
 async def _caller(request: Request[Any, Any, Any], session: ConsoleSession, org_id: str, action: str) -> Caller:
@@ -60,26 +67,30 @@ def _inbox_url(org_id: str) -> str:
 
 
 async def _pending(request: Request[Any, Any, Any], caller: Caller, org_id: str, agent: str | None,
-                   capability: str | None) -> tuple[list[Approval], int, list[Approval]]:
+                   capability: str | None, age: str | None) -> tuple[list[Approval], int, list[Approval]]:
     """(shown, total pending after filters, every pending row scanned for the filter menus)."""
+    now = utcnow()
     rows, _total = await service.list_approvals(runtime_of(request), org_id, caller.principal, status=PENDING,
-                                                uapk_id=None, limit=SCAN_LIMIT, offset=0, now=utcnow())
+                                                uapk_id=None, limit=SCAN_LIMIT, offset=0, now=now)
+    cutoff = now - timedelta(seconds=AGES[age]) if age else None
     matching = [a for a in rows if (agent is None or a.uapk_id == agent)
-                and (capability is None or a.capability == capability)]
+                and (capability is None or a.capability == capability)
+                and (cutoff is None or a.created_at <= cutoff)]
     return matching[:INBOX_LIMIT], len(matching), rows
 
 
 @get("/orgs/{org_id:str}/approvals")
 async def inbox(request: Request[Any, Any, Any], org_id: str, agent: Agent = None, capability: Capability = None,
+                age: Age = None,
                 partial: Annotated[bool, Parameter(query="partial", required=False)] = False) -> Response[Any]:
     runtime = runtime_of(request)
     session = await read_session(runtime, request)
     if session is None:
         return Redirect(LOGIN)
     caller = await _caller(request, session, org_id, "read")
-    agent, capability = agent or None, capability or None
-    shown, total, scanned = await _pending(request, caller, org_id, agent, capability)
-    context = dict(org_id=org_id, approvals=shown, total=total, agent=agent, capability=capability,
+    agent, capability, age = agent or None, capability or None, age or None
+    shown, total, scanned = await _pending(request, caller, org_id, agent, capability, age)
+    context = dict(org_id=org_id, approvals=shown, total=total, agent=agent, capability=capability, age=age,
                    agents=sorted({a.uapk_id for a in scanned}), capabilities=sorted({a.capability for a in scanned}),
                    now=utcnow())
     if partial:  # the list alone, for the live update (console.js swaps it in)
@@ -132,14 +143,28 @@ async def _approval_page(request: Request[Any, Any, Any], session: ConsoleSessio
     runtime = runtime_of(request)
     now = utcnow()
     status = effective_status(approval, now)
+    others, _n = await service.list_approvals(runtime, org_id, caller.principal, status=PENDING,
+                                              uapk_id=approval.uapk_id, limit=OTHERS_LIMIT + 1, offset=0, now=now)
     return page(
         "approval.html", status_code=status_code, session=session, role=caller.role, org_id=org_id,
         org=await org_name(runtime, org_id), a=approval, status=status, error=error,
+        manifest=await _manifest(runtime, caller, org_id, approval.uapk_id),
+        others=[o for o in others if o.id != approval.id][:OTHERS_LIMIT],
         can_decide=status == PENDING and may(caller.role, "approvals", "decide"),
         csrf_token=session.csrf, csrf_field=CSRF_FIELD,
         default_ttl=runtime.settings.override_token_ttl_seconds,
         cookies=[session_cookie(runtime, session, secure=is_tls(request))],
     )
+
+
+async def _manifest(runtime: Runtime, caller: Caller, org_id: str, uapk_id: str) -> Manifest | None:
+    """The agent's manifest as it is now (the active one, else the newest), if the role may read it."""
+    if not may(caller.role, "manifests", "read"):
+        return None
+    try:
+        return await manifests.by_uapk(runtime, org_id, uapk_id)
+    except NotFound:
+        return None
 
 
 @get("/orgs/{org_id:str}/approvals/{approval_id:str}")

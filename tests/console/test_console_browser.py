@@ -82,7 +82,10 @@ def test_sign_in_live_inbox_approve_and_the_agents_retry_is_allowed(browser: Any
 def test_deny_with_a_reason(browser: Any, console: Console) -> None:
     approval_id = escalate(console, amount=99.0)
     page = sign_in(browser, console, console.approver)
+    other = escalate(console, amount=98.0)
     page.goto(f"{console.url}/console/orgs/{console.org_id}/approvals/{approval_id}")
+    assert page.inner_text("#manifest").startswith("Pay-Bot · version 1.0.0 · active")
+    assert page.locator(f"#others a[href$='/{other}']").count() == 1  # the agent's other pending approval
     page.fill("form.deny textarea[name=reason]", "Not our customer.")
     page.click("#deny")
     page.wait_for_selector("#decided")
@@ -159,14 +162,17 @@ def test_the_inbox_filters_by_agent_and_capability(browser: Any, console: Consol
     row = f"tr[data-approval-id='{approval_id}']"
     page.select_option("select[name=capability]", "stripe:refund")
     page.click("text=Filter")
-    page.wait_for_url(f"{inbox}?agent=&capability=stripe%3Arefund")
+    page.wait_for_url(f"{inbox}?agent=&capability=stripe%3Arefund&age=")
     assert page.locator(row).count() == 1
     for query in ("?capability=email:send", "?agent=other-bot", f"?agent={AGENT}&capability=email:send"):
         page.goto(inbox + query)
         assert page.locator(row).count() == 0, query
         assert "0 pending" in page.inner_text("#pending-count")
-    page.goto(f"{inbox}?agent={AGENT}")
+    page.goto(f"{inbox}?agent={AGENT}&age=")
     assert page.locator(row).count() == 1
+    page.goto(f"{inbox}?age=5m")  # waiting for 5 minutes or more: not this one, asked a moment ago
+    assert page.locator(row).count() == 0
+    assert page.goto(f"{inbox}?age=forever").status == 400  # an unknown age is refused, not ignored
     page.context.close()
 
 
