@@ -21,7 +21,7 @@ from litestar.response.sse import ServerSentEventMessage
 
 from audit.changes import change_context
 from console.accounts import may, org_name
-from console.auth_pages import LOGIN, runtime_of
+from console.auth_pages import LOGIN, runtime_of, to_login
 from console.render import SECURITY_HEADERS, page
 from console.sessions import CSRF_FIELD, ConsoleSession, check_csrf, is_tls, read_session, session_cookie
 from console.shutdown import stopping
@@ -86,7 +86,7 @@ async def inbox(request: Request[Any, Any, Any], org_id: str, agent: Agent = Non
     runtime = runtime_of(request)
     session = await read_session(runtime, request)
     if session is None:
-        return Redirect(LOGIN)
+        return to_login(request)
     caller = await _caller(request, session, org_id, "read")
     agent, capability, age = agent or None, capability or None, age or None
     shown, total, scanned = await _pending(request, caller, org_id, agent, capability, age)
@@ -172,7 +172,7 @@ async def approval_page(request: Request[Any, Any, Any], org_id: str, approval_i
     runtime = runtime_of(request)
     session = await read_session(runtime, request)
     if session is None:
-        return Redirect(LOGIN)
+        return to_login(request)
     caller = await _caller(request, session, org_id, "read")
     approval = await service.visible(runtime, org_id, approval_id, caller.principal)
     return await _approval_page(request, session, caller, org_id, approval)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from litestar import Router
 
 from console import approval_pages, auth_pages, static_files
+from console.errors import console_error
 
 PREFIX = "/console"
 
@@ -12,4 +13,4 @@ def console_router() -> Router:
     # Not in the OpenAPI document: these are pages; every capability they offer is also an
     # API operation.
     return Router(path=PREFIX, route_handlers=[*auth_pages.ROUTES, *approval_pages.ROUTES, *static_files.ROUTES],
-                  include_in_schema=False, tags=["console"])
+                  include_in_schema=False, tags=["console"], exception_handlers={Exception: console_error})

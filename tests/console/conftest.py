@@ -55,7 +55,9 @@ def join(server: BastionServer, email: str, role: str) -> None:
 @pytest.fixture(scope="module")
 def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
     work = tmp_path_factory.mktemp("console")
-    server = BastionServer(work, database_url=f"sqlite+aiosqlite:///{work / 'bastion.db'}", redis_url=None)
+    # 127.0.0.1 as a trusted proxy: a test sends X-Forwarded-Proto: https as a TLS-terminating proxy would.
+    server = BastionServer(work, database_url=f"sqlite+aiosqlite:///{work / 'bastion.db'}", redis_url=None,
+                           env={"BASTION_TRUSTED_PROXIES": "127.0.0.1"})
     try:
         server.start()
         ids = setup_agent(server, AGENT, approved=["stripe:refund", "email:send"], human=["stripe:refund"])

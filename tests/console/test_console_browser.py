@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.console.conftest import AGENT, Console, escalate, screenshot_dir, sign_in
+from tests.console.conftest import AGENT, PASSWORD, Console, escalate, screenshot_dir, sign_in
 
 LIVE_TIMEOUT_MS = 10_000  # the stream polls every 2 s
 
@@ -136,7 +136,7 @@ def test_sign_out_ends_the_session_even_for_a_copied_cookie(browser: Any, consol
     context.add_cookies([copied])
     other = context.new_page()
     other.goto(f"{console.url}/console/orgs/{console.org_id}/approvals")
-    assert other.url == f"{console.url}/console/login"  # redirected: the session is over
+    assert other.url.startswith(f"{console.url}/console/login?next=")  # redirected: the session is over
     context.close()
     page.context.close()
 
@@ -179,7 +179,7 @@ def test_the_inbox_filters_by_agent_and_capability(browser: Any, console: Consol
 def test_the_four_eyes_rule_is_explained_on_the_page(browser: Any, console: Console) -> None:
     """An admin who created the agent's key may not approve its request: the service refuses,
     the page says why (403) and the approval stays pending for another approver."""
-    from tests.console.conftest import PASSWORD, join
+    from tests.console.conftest import join
 
     join(console.server, "admin@acme.com", "admin")
     with console.server.client() as anon:
@@ -197,3 +197,41 @@ def test_the_four_eyes_rule_is_explained_on_the_page(browser: Any, console: Cons
     assert page.inner_text("#status") == "PENDING"
     assert _api_view(console, approval_id)["status"] == "PENDING"
     page.context.close()
+
+
+def test_a_deep_link_leads_back_after_sign_in_and_errors_are_pages(browser: Any, console: Console) -> None:
+    approval_id = escalate(console, amount=12.0)
+    target = f"{console.url}/console/orgs/{console.org_id}/approvals/{approval_id}"
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(target)  # not signed in: the sign-in page, which leads back here
+    assert page.url.startswith(f"{console.url}/console/login?next=")
+    page.fill("input[name=email]", console.approver)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(target)
+    assert page.inner_text("#status") == "PENDING"
+    # A link to something that is not there: the API's error, as a page with the same CSP.
+    response = page.goto(f"{console.url}/console/orgs/{console.org_id}/approvals/no-such-approval")
+    assert response.status == 404 and "frame-ancestors 'none'" in response.headers["content-security-policy"]
+    assert page.inner_text("#error-code") == "NOT_FOUND"
+    context.close()
+
+
+def test_the_cookie_is_secure_over_tls(console: Console) -> None:
+    """Behind a TLS-terminating proxy (a trusted one, sending X-Forwarded-Proto: https) the
+    session and sign-in cookies are Secure; over plain HTTP they cannot be (the browser would
+    drop them), which the first test shows."""
+    import httpx
+
+    with httpx.Client(base_url=console.url, headers={"X-Forwarded-Proto": "https"}) as tls:
+        r = tls.get("/console/login")
+        assert "secure" in r.headers["set-cookie"].lower().split("; ")
+        token = r.cookies["bastion_console_login"]
+        tls.cookies.clear()  # (httpx would not send a Secure cookie to an http:// URL: sent by hand)
+        r = tls.post("/console/login", data={"csrf_token": token, "email": console.approver, "password": PASSWORD},
+                     headers={"Cookie": f"bastion_console_login={token}"})
+        assert r.status_code == 303
+        session = next(c for c in r.headers.get_list("set-cookie") if c.startswith("bastion_console="))
+        flags = [part.strip().lower() for part in session.split(";")]
+        assert {"httponly", "secure", "samesite=strict", "path=/console"} <= set(flags)

@@ -120,3 +120,13 @@ def test_agent_text_is_escaped_and_hidden_characters_shown() -> None:
                      + '<span class="cc" title="invisible or control character">U+000D</span>\tok\nline')
     assert has_hidden({"note": "zero\u200bwidth"}) and not has_hidden({"note": "plain", "n": 1})
     assert "U+200B" in str(visible({"note": "zero\u200bwidth"}))
+
+
+def test_a_sign_in_leads_back_only_to_a_console_page() -> None:
+    from console.auth_pages import safe_next
+
+    for good in ("/console", "/console/orgs/o-1/approvals/a-2", "/console/orgs/o-1/approvals?agent=pay-bot&age=1h"):
+        assert safe_next(good) == good
+    for bad in (None, "", "//evil.example/console", "https://evil.example/console", "/console\\@evil.example",
+                "/consolex", "/api/v1/orgs", "/console/orgs/<x>", "/console?next=//x y", "/console" + "/a" * 300):
+        assert safe_next(bad) == "/console", bad
