@@ -110,10 +110,12 @@ async def stream(request: Request[Any, Any, Any], org_id: str) -> Response[Any]:
         raise AuthenticationRequired("Sign in to the console first.")
     caller = await _caller(request, session, org_id, "read")
 
-    async def signature() -> tuple[int, tuple[str, ...]]:
+    async def signature() -> tuple[int, str | None]:
+        # The count and the newest: a new approval changes the newest, a decision or an expiry
+        # the count (one count query and one row per poll, whatever the inbox holds).
         rows, total = await service.list_approvals(runtime, org_id, caller.principal, status=PENDING, uapk_id=None,
-                                                   limit=SCAN_LIMIT, offset=0, now=utcnow())
-        return total, tuple(a.id for a in rows)
+                                                   limit=1, offset=0, now=utcnow())
+        return total, rows[0].id if rows else None
 
     async def events() -> AsyncIterator[ServerSentEventMessage]:
         last = await signature()

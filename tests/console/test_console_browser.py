@@ -42,6 +42,10 @@ def test_sign_in_live_inbox_approve_and_the_agents_retry_is_allowed(browser: Any
     if (shots := screenshot_dir()) is not None:
         page.screenshot(path=str(shots / "console-inbox.png"), full_page=True)
 
+    # A second tab stays on the inbox while the first one decides.
+    inbox = page.context.new_page()
+    inbox.goto(page.url)
+    inbox.wait_for_selector("#live-status.on", timeout=LIVE_TIMEOUT_MS)
     page.click(f"tr[data-approval-id='{approval_id}'] a")
     page.wait_for_selector("#approve")
     assert page.inner_text("#status") == "PENDING"
@@ -73,9 +77,8 @@ def test_sign_in_live_inbox_approve_and_the_agents_retry_is_allowed(browser: Any
         r = agent.post("/api/v1/gateway/execute", json=body)
     assert r.status_code == 200 and r.json()["decision"] == "allow", r.text
 
-    # Decided approvals leave the inbox (live, again without a reload).
-    page.goto(f"{console.url}/console/orgs/{console.org_id}/approvals")
-    assert page.locator(f"tr[data-approval-id='{approval_id}']").count() == 0
+    # The decided approval left the other tab's inbox, live again (no reload).
+    inbox.wait_for_selector(f"tr[data-approval-id='{approval_id}']", state="detached", timeout=LIVE_TIMEOUT_MS)
     page.context.close()
 
 
