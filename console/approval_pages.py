@@ -220,7 +220,7 @@ async def _decide(request: Request[Any, Any, Any], org_id: str, approval_id: str
             raise
         # Four-eyes, already decided (409), bad notes (400): the page again, saying why.
         approval = await service.visible(runtime, org_id, approval_id, caller.principal)
-        message = exc.message + "".join(f" {d.field}: {d.message}" for d in exc.details)
+        message = exc.message + "".join(f" {d.field}: {d.issue}" for d in exc.details)
         status = {"PERMISSION_DENIED": 403, "CONFLICT": 409, "VALIDATION_ERROR": 400}.get(exc.code, 422)
         return await _approval_page(request, session, caller, org_id, approval, error=message, status_code=status)
     return Redirect(f"{_inbox_url(org_id)}/{approval_id}", status_code=303,

@@ -57,7 +57,8 @@ def test_sign_in_live_inbox_approve_and_the_agents_retry_is_allowed(browser: Any
     if shots is not None:
         page.screenshot(path=str(shots / "console-approval.png"), full_page=True)
 
-    page.fill("form.approve textarea[name=notes]", "Customer verified by phone.")
+    # Two lines: the browser sends CRLF, stored as typed (LF), not refused as a lone CR.
+    page.fill("form.approve textarea[name=notes]", "Customer verified by phone.\nTicket 77.")
     page.click("#approve")
     page.wait_for_selector("#decided")
     assert page.inner_text("#status") == "APPROVED"
@@ -66,7 +67,7 @@ def test_sign_in_live_inbox_approve_and_the_agents_retry_is_allowed(browser: Any
 
     seen = _api_view(console, approval_id)
     assert seen["status"] == "APPROVED" and seen["decided_by"] == console.approver
-    assert seen["notes"] == "Customer verified by phone."
+    assert seen["notes"] == "Customer verified by phone.\nTicket 77."
     polled = _agent_poll(console, approval_id)
     assert polled["status"] == "APPROVED"
     with console.agent() as agent:
@@ -89,6 +90,12 @@ def test_deny_with_a_reason(browser: Any, console: Console) -> None:
     page.goto(f"{console.url}/console/orgs/{console.org_id}/approvals/{approval_id}")
     assert page.inner_text("#manifest").startswith("Pay-Bot · version 1.0.0 · active")
     assert page.locator(f"#others a[href$='/{other}']").count() == 1  # the agent's other pending approval
+    # A reason the text rule refuses: the page again, saying why (400), nothing decided.
+    page.fill("form.deny textarea[name=reason]", "Not our \u202ecustomer.")
+    with page.expect_response(lambda resp: resp.url.endswith("/deny")) as info:
+        page.click("#deny")
+    assert info.value.status == 400 and "reason" in page.inner_text("#decision-error")
+    assert page.inner_text("#status") == "PENDING"
     page.fill("form.deny textarea[name=reason]", "Not our customer.")
     page.click("#deny")
     page.wait_for_selector("#decided")
