@@ -42,7 +42,7 @@ def _hashing(app_state: Any, runtime: Runtime) -> Hashing:
     hashing = getattr(app_state, "password_hashing", None)
     if hashing is None:
         hashing = app_state.password_hashing = Hashing(runtime.settings.login_hash_concurrency)
-    return hashing  # type: ignore[no-any-return]
+    return hashing
 
 
 def _refuse_if_throttled(retry_after: int) -> None:

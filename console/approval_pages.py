@@ -58,7 +58,7 @@ async def _caller(request: Request[Any, Any, Any], session: ConsoleSession, org_
     403 if the role may not)."""
     principal = Principal(kind="user", actor=session.email, user_id=session.user_id)
     # admit() authenticates through this cached principal instead of an API header.
-    request.scope.setdefault("state", {})["bastion.principal"] = principal  # type: ignore[typeddict-item]
+    request.scope.setdefault("state", {})["bastion.principal"] = principal
     return await admit(request, org_id, "approvals", action)
 
 
@@ -90,7 +90,7 @@ async def inbox(request: Request[Any, Any, Any], org_id: str, agent: Agent = Non
     caller = await _caller(request, session, org_id, "read")
     agent, capability, age = agent or None, capability or None, age or None
     shown, total, scanned = await _pending(request, caller, org_id, agent, capability, age)
-    context = dict(org_id=org_id, approvals=shown, total=total, agent=agent, capability=capability, age=age,
+    context: dict[str, Any] = dict(org_id=org_id, approvals=shown, total=total, agent=agent, capability=capability, age=age,
                    agents=sorted({a.uapk_id for a in scanned}), capabilities=sorted({a.capability for a in scanned}),
                    now=utcnow())
     if partial:  # the list alone, for the live update (console.js swaps it in)

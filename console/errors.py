@@ -26,7 +26,7 @@ def console_error(request: Request[Any, Any, Any], exc: Exception) -> Response[A
     if not _wants_page(request):
         response.headers.update(SECURITY_HEADERS)
         return response
-    html = page("error.html", status_code=response.status_code, code=body.code, message=body.message,
+    html = page("error.html", status_code=response.status_code or 500, code=body.code, message=body.message,
                 request_id=body.request_id, details=body.details)
     # Retry-After and the like travel with the page too.
     html.headers.update({k: v for k, v in response.headers.items() if k.lower() not in {"content-type", "content-length"}})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 from litestar import Request, get
 from litestar.response import Response
@@ -18,7 +19,7 @@ _ETAGS = {name: '"' + hashlib.sha256(body).hexdigest()[:32] + '"' for name, body
 
 
 @get("/static/{name:str}")
-async def static_file(request: Request[object, object, object], name: str) -> Response[bytes]:
+async def static_file(request: Request[Any, Any, Any], name: str) -> Response[bytes]:
     body = _FILES.get(name)
     if body is None:
         raise NotFound()
