@@ -95,11 +95,13 @@ def sign_in(browser: Any, console: Console, email: str, password: str = PASSWORD
 OWNER = (BOOT_EMAIL, BOOT_PASSWORD)
 
 
-def escalate(console: Console, key: str | None = None, **action: Any) -> str:
+def escalate(console: Console, key: str | None = None, counterparty: dict[str, str] | None = None, **action: Any) -> str:
     """The agent (its key, or ``key``) asks for a refund that needs a human; returns the approval id."""
     body = {"uapk_id": AGENT, "agent_id": "agent-1",
             "action": {"type": "refund", "tool": "stripe", "params": {"charge": "ch_1"}, "amount": 42.5,
                        "currency": "EUR", **action}}
+    if counterparty is not None:
+        body["counterparty"] = counterparty
     with console.server.client(key or console.agent_key) as agent:
         r = agent.post("/api/v1/gateway/execute", json=body)
     assert r.status_code == 200 and r.json()["decision"] == "escalate", r.text

@@ -36,9 +36,10 @@ def test_sign_in_live_inbox_approve_and_the_agents_retry_is_allowed(browser: Any
 
     # Text an agent controls, with markup and a right-to-left override in it.
     approval_id = escalate(console, params={"charge": "ch_1", "note": "<script>alert(1)</script> pay\u202eevil"},
-                           description="Refund <b>order</b> 1234")
+                           description="Refund <b>order</b> 1234",
+                           counterparty={"name": "Globex <GmbH>", "email": "ap@globex.example"})
     row = page.wait_for_selector(f"tr[data-approval-id='{approval_id}']", timeout=LIVE_TIMEOUT_MS)  # no reload
-    assert "stripe:refund" in row.inner_text() and "42.5 EUR" in row.inner_text()
+    assert "stripe:refund" in row.inner_text() and "42.5 EUR" in row.inner_text() and "Globex <GmbH>" in row.inner_text()
     if (shots := screenshot_dir()) is not None:
         page.screenshot(path=str(shots / "console-inbox.png"), full_page=True)
 
@@ -52,6 +53,7 @@ def test_sign_in_live_inbox_approve_and_the_agents_retry_is_allowed(browser: Any
     params = page.inner_text("#params")
     assert "<script>alert(1)</script>" in params and "U+202E" in params  # shown as text, the override as a badge
     assert page.inner_text("#description") == "Refund <b>order</b> 1234"
+    assert '"name": "Globex <GmbH>"' in page.inner_text("#counterparty")
     assert page.locator("#hidden-warning").count() == 1
     assert page.evaluate("() => window.alerted === undefined && document.scripts.length") == 1  # console.js only
     if shots is not None:
@@ -72,6 +74,7 @@ def test_sign_in_live_inbox_approve_and_the_agents_retry_is_allowed(browser: Any
     assert polled["status"] == "APPROVED"
     with console.agent() as agent:
         body = {"uapk_id": AGENT, "agent_id": "agent-1", "override_token": polled["override_token"],
+                "counterparty": {"name": "Globex <GmbH>", "email": "ap@globex.example"},
                 "action": {"type": "refund", "tool": "stripe", "amount": 42.5, "currency": "EUR",
                            "params": {"charge": "ch_1", "note": "<script>alert(1)</script> pay\u202eevil"},
                            "description": "Refund <b>order</b> 1234"}}
