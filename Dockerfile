@@ -32,8 +32,11 @@ COPY core ./core
 COPY httpkit ./httpkit
 COPY store ./store
 COPY policies ./policies
+COPY audit ./audit
+COPY services ./services
 COPY gateway ./gateway
 COPY api ./api
+COPY console ./console
 COPY bastion ./bastion
 RUN pip install --no-deps --no-build-isolation . \
  && pip check \

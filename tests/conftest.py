@@ -39,7 +39,7 @@ def _reachable(host: str, port: int) -> bool:
         return False
 
 
-PACKAGES = ("core", "policies", "audit", "store", "services", "httpkit", "gateway", "api", "bastion")
+PACKAGES = ("core", "policies", "audit", "store", "services", "httpkit", "gateway", "api", "console", "bastion")
 
 
 def _imported_from_the_wheel() -> None:
