@@ -14,7 +14,7 @@ from litestar.exceptions import HTTPException
 
 from audit.changes import actor_of, request_id_of
 from core.settings import Settings
-from gateway.agent_auth import DECISIONS, GATEWAY_ROLES, agent_of  # noqa: F401  (GATEWAY_ROLES: re-exported)
+from gateway.agent_auth import DECISIONS, agent_of
 from gateway.schemas import EvaluateResponse, ExecuteResponse, GatewayActionRequest
 from gateway.service import Gateway, ratelimit_headers
 from httpkit.openapi import declared_body, request_body
