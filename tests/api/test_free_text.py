@@ -73,3 +73,13 @@ async def test_role_is_checked_before_the_body_is_read(client: Any, org: Org) ->
     assert_error(r, 404, "NOT_FOUND")
     r = await client.post(f"{base(org)}/{mid}/approve", content=b"[1,", headers={"content-type": "application/json"})
     assert_error(r, 401, "AUTHENTICATION_REQUIRED")
+
+
+async def test_approval_decisions_are_admitted_before_the_body(client: Any, org: Org) -> None:
+    """The approvals controller took a typed body that Litestar parsed before ``admit`` ran:
+    a viewer's malformed body was 400. Admitted by the guard, it is 403 like everywhere else."""
+    viewer = {"X-API-Key": await make_key(client, org, "viewer"), "content-type": "application/json"}
+    url = f"/api/v1/orgs/{org.org_id}/approvals/00000000-0000-0000-0000-000000000000/approve"
+    assert_error(await client.post(url, content=b"[1,", headers=viewer), 403, "PERMISSION_DENIED")
+    assert_error(await client.post(url, content=b"[1,", headers={"content-type": "application/json"}), 401,
+                 "AUTHENTICATION_REQUIRED")
