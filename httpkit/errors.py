@@ -113,6 +113,10 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
     if isinstance(exc, ValidationException):
         details = _from_validation(exc)
         msg = "Request body or query parameters failed validation."
+        if [(d.field, d.issue) for d in details] == [("body", "'data'")]:
+            # Litestar skips the decoder for an empty body and then misses its ``data`` kwarg:
+            # say what read_json and BastionRequest.json say of a missing body.
+            msg, details = "Request body is required.", [ErrorDetail("body", "A JSON object is required.")]
         if not details:
             detail = str(exc.detail or "")
             found = wire.issue_of(detail) if detail else None

@@ -35,16 +35,30 @@ class BastionRequest(Request[Any, Any, Any]):
                 _check_typed_body(self, doc)
                 self._json = doc
             else:
+                _check_empty_body(self)
                 self._json = None
         return self._json
+
+
+def _data_field(request: Request[Any, Any, Any]) -> Any:
+    handler = request.scope.get("route_handler")
+    return handler.parsed_fn_signature.parameters.get("data") if handler is not None else None
+
+
+def _check_empty_body(request: Request[Any, Any, Any]) -> None:
+    """An empty body where the handler's ``data:`` is required gets the same answer as
+    :func:`read_json` (Litestar would report the bare parameter name ``'data'``); a handler
+    whose ``data`` admits None (an optional body) takes the empty body as None."""
+    field = _data_field(request)
+    if field is not None and not field.is_optional:
+        raise ValidationFailed("Request body is required.", [FieldIssue("body", "A JSON object is required.")])
 
 
 def _check_typed_body(request: Request[Any, Any, Any], doc: Any) -> None:
     """A typed ``data:`` body is converted strictly first, in Bastion's wording: Litestar's
     own conversion is lenient (``"60"`` would pass as the integer 60), so the server would
     accept bodies its OpenAPI document rules out."""
-    handler = request.scope.get("route_handler")
-    field = handler.parsed_fn_signature.parameters.get("data") if handler is not None else None
+    field = _data_field(request)
     if field is not None:
         wire.convert(doc, field.annotation)
 

@@ -221,3 +221,13 @@ async def test_gateway_body_errors_are_in_our_words(client: Any, org: Org) -> No
     assert assert_error(r, 400, "VALIDATION_ERROR")["details"] == [{"field": "body", "issue": "Body is not valid JSON."}]
     r = await client.post(url, json={"agent_id": "a", "uapk_id": "support-bot", "action": {"tool": "crm"}}, headers=org.headers)
     assert assert_error(r, 400, "VALIDATION_ERROR")["details"] == [{"field": "action.type", "issue": "This field is required."}]
+
+
+async def test_empty_body_on_a_typed_data_parameter_names_the_body(client: Any, org: Org) -> None:
+    """An empty body where a handler's ``data:`` is required reads like every other missing
+    body (``read_json``), not Litestar's bare parameter name ``'data'``."""
+    for content in (b"", b"  \n"):
+        r = await client.post(keys_url(org), content=content, headers=raw(org))
+        body = assert_error(r, 400, "VALIDATION_ERROR")
+        assert body["message"] == "Request body is required."
+        assert body["details"] == [{"field": "body", "issue": "A JSON object is required."}]
