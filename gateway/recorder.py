@@ -10,7 +10,7 @@ from audit.stream import encode, stream_key
 from gateway.decision import Decision, Pending
 from gateway.settle import KNOWN_BEFORE_THE_CALL, assumed, settle
 from store.audit_writer import AuditSink
-from store.quotas import OVERRIDE_USED, QuotaAudit
+from store.quotas import DAY_EXHAUSTED, HOUR_EXHAUSTED, OVERRIDE_USED, RETRY_AFTER_MARK, QuotaAudit
 
 
 def every_outcome(d: Decision) -> bool:
@@ -21,13 +21,14 @@ class DecisionRecorder:
     """Records one gateway decision exactly once, off the hot path. The event is always built
     from a settled decision (gateway/settle.py), so it says what the answer says.
 
-    Redis mode: :meth:`quota_audit` gives the quota call the events of the outcomes that can
-    be settled before it answers (``settle.KNOWN_BEFORE_THE_CALL``), one per quota status; the
-    script XADDs the one matching its status in the same round trip (``QuotaResult.audited``).
-    Every other decision — those that never reach the quota step, window denials, outcomes the
-    caller keeps for later (an execute's escalation: the approval step decides), and every
-    decision in the embedded mode — is recorded by :meth:`done` (one XADD, or the in-process
-    queue). Either way ``done`` must be awaited before the answer goes out: it raises
+    Redis mode: :meth:`quota_audit` gives the quota call the event of every outcome it can
+    return (``settle.KNOWN_BEFORE_THE_CALL``), one per quota status; the script XADDs the one
+    matching its status in the same round trip (``QuotaResult.audited``). A window denial's
+    retry_after is written by the script from its clock; when its window is not the one this
+    process assumed, it carries nothing. Every other decision — those that never reach the
+    quota step, a window denial the script did not carry, outcomes the caller keeps for later
+    (an execute's escalation: the approval step decides), and every decision in the embedded
+    mode — is recorded by :meth:`done` (one XADD, or the in-process queue). Either way ``done`` must be awaited before the answer goes out: it raises
     ``ServiceUnavailable`` when the event cannot be queued."""
 
     def __init__(
@@ -60,20 +61,32 @@ class DecisionRecorder:
             return None
         head = b""
         tails: dict[int, bytes] = {}
+        resets: dict[int, int] = {}
         for status in KNOWN_BEFORE_THE_CALL:
             if status == OVERRIDE_USED and pending.override is None:
                 continue  # the script looks up no token: it cannot return that status
-            d = settle(pending, assumed(pending, status))
+            q = assumed(pending, status)
+            d = settle(pending, q)
             if not carried(d):
                 continue
             e = self.event(d)
             # Only the outcome differs between the statuses: one head, a tail per status.
             outcome = {"decision": e.pop("decision"), "reasons": e.pop("reasons")}
             head = head or encode(e)[:-1] + b","  # the object without its closing brace
-            tails[status] = encode(outcome)[1:]  # the rest, without the opening brace
+            tail = encode(outcome)[1:]  # the rest, without the opening brace
+            if q is not None and status in (HOUR_EXHAUSTED, DAY_EXHAUSTED):
+                # Settled with this process's clock; the script writes the retry_after of its
+                # own clock and carries the event only if its window resets at this time.
+                reset = q.hour_reset if status == HOUR_EXHAUSTED else q.day_reset
+                number = b'"retry_after":%d' % q.retry_after(reset)
+                if tail.count(number) != 1:
+                    continue  # not where the script could put its own (never, by construction)
+                tail = tail.replace(number, b'"retry_after":' + RETRY_AFTER_MARK)
+                resets[status] = reset
+            tails[status] = tail
         if not tails:
             return None
-        return QuotaAudit(stream_key(), head, tails)
+        return QuotaAudit(stream_key(), head, tails, resets)
 
     async def done(self, d: Decision) -> None:
         if self.sink is None or (d.quota is not None and d.quota.audited):

@@ -28,12 +28,12 @@ from gateway.decision import (
 )
 from store.quotas import DAY_EXHAUSTED, HOUR_EXHAUSTED, OK, OVERRIDE_USED, QuotaResult
 
-# The statuses whose outcome settle() derives from the pending decision alone, not from the
-# quota backend's clock: their audit events can be built before the quota call, for the quota
-# script to hand over in the same step (gateway/recorder.py). A window denial says when the
-# window resets, counted from the backend's clock (Redis TIME), known only once the call has
-# answered: its event is recorded after the call, from the settled decision.
-KNOWN_BEFORE_THE_CALL = (OK, OVERRIDE_USED)
+# The statuses whose outcome settle() can give before the quota call, so that their audit
+# events ride along with it for the quota script to hand over in the same step
+# (gateway/recorder.py): all of them. A window denial's reset and retry_after are counted from
+# the backend's clock: the recorder settles it with the gateway's clock and the script puts in
+# the retry_after of its own clock, carrying it only when its window is the one assumed.
+KNOWN_BEFORE_THE_CALL = (OK, HOUR_EXHAUSTED, DAY_EXHAUSTED, OVERRIDE_USED)
 
 
 def settle(pending: Pending, quota: QuotaResult | None) -> Decision:

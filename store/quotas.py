@@ -25,7 +25,7 @@ import hashlib
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -39,6 +39,9 @@ HOUR_EXHAUSTED = 1
 DAY_EXHAUSTED = 2
 OVERRIDE_USED = 3
 STATUSES = (OK, HOUR_EXHAUSTED, DAY_EXHAUSTED, OVERRIDE_USED)
+# Where a window denial's retry_after goes in its audit tail (QuotaAudit): the quota script
+# writes the number there, counted from its own clock.
+RETRY_AFTER_MARK = b"@retry_after@"
 
 SCRIPT = (Path(__file__).parent / "lua" / "quota.lua").read_text()
 SCRIPT_SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
@@ -109,6 +112,11 @@ class QuotaAudit:
     stream: str
     head: bytes
     tails: Mapping[int, bytes]
+    # A window denial's tail holds RETRY_AFTER_MARK where its retry_after goes (the script
+    # counts it from its own clock) and is carried only when the script's window reset is
+    # this one (the reset the gateway settled it with: hour for HOUR_EXHAUSTED, day for
+    # DAY_EXHAUSTED).
+    resets: Mapping[int, int] = field(default_factory=dict)
 
 
 class QuotaBackend(Protocol):
@@ -177,6 +185,7 @@ class RedisQuotas:
         if audit is not None:  # the event of each status: head + tail, XADDed by the script
             keys.append(audit.stream)
             args += [audit.head, *(audit.tails.get(status, b"") for status in STATUSES)]  # type: ignore[list-item]
+            args += [str(audit.resets.get(HOUR_EXHAUSTED, "")), str(audit.resets.get(DAY_EXHAUSTED, ""))]
         # Fail fast while Redis is known to be failing: with Redis frozen every slot is held for
         # a whole socket timeout, and the calls queued behind them would otherwise each wait
         # for their own timeout in turn (seconds, not the 300 ms budget of a 503).
@@ -205,10 +214,10 @@ class RedisQuotas:
                 ) from exc
         finally:
             self._slots.release()
-        status, hour_used, day_used, now_ms = (int(x) for x in raw)
+        status, hour_used, day_used, now_ms, carried = (int(x) for x in raw)
         return QuotaResult(
             status, hour_used, day_used, hour_limit, day_limit, now_ms / 1000.0, mode == "spend" and status == OK,
-            audited=audit is not None and bool(audit.tails.get(status)),
+            audited=audit is not None and carried == 1,
         )
 
 

@@ -14,9 +14,16 @@
 --          the whole event (JSON, built by the gateway from the settled decision), XADDed in
 --          this same step to the LAST key (the audit stream) as field 'e'. An empty tail: that
 --          outcome is not carried (the gateway records it). Nothing here reads the event.
+-- ARGV[11], ARGV[12]  (with a tail for status 1, 2) the hour / day window reset, epoch seconds,
+--          that the gateway's clock settled that denial with. A window denial says when its
+--          window resets and how long to wait: its tail holds the marker @retry_after@, which
+--          this script replaces with the seconds left, counted from its own clock exactly as
+--          store/quotas.py QuotaResult.retry_after counts them. When this clock's window is
+--          not the one the gateway assumed (clock skew across a boundary), the event is not
+--          carried (5th return value 0) and the gateway records the settled one itself.
 --
 -- Windows are fixed and UTC-aligned (epoch seconds are UTC). Returns
--- {status, hour_used, day_used, now_ms} with status 0 = admitted (and spent when "spend"),
+-- {status, hour_used, day_used, now_ms, carried} (carried: 1 when the event was XADDed) with status 0 = admitted (and spent when "spend"),
 -- 1 = hour window exhausted, 2 = day window exhausted, 3 = override token already used.
 -- Nothing is written unless status is 0 and the mode is "spend".
 local now_ms
@@ -37,10 +44,25 @@ local hused = tonumber(redis.call('GET', hkey) or '0')
 local dused = tonumber(redis.call('GET', dkey) or '0')
 local function done(status)
   local tail = ARGV[7 + status]
-  if tail ~= nil and tail ~= '' then
-    redis.call('XADD', KEYS[#KEYS], '*', 'e', ARGV[6] .. tail)
+  if tail == nil or tail == '' then
+    return {status, hused, dused, now_ms, 0}
   end
-  return {status, hused, dused, now_ms}
+  if status == 1 or status == 2 then
+    local reset = day_start + 86400
+    if status == 1 then reset = hour_start + 3600 end
+    if tonumber(ARGV[10 + status]) ~= reset then
+      return {status, hused, dused, now_ms, 0}
+    end
+    local retry = math.ceil((reset * 1000 - now_ms) / 1000)
+    if retry < 1 then retry = 1 end
+    local i, j = string.find(tail, '@retry_after@', 1, true)
+    if i == nil then
+      return {status, hused, dused, now_ms, 0}
+    end
+    tail = string.sub(tail, 1, i - 1) .. string.format('%d', retry) .. string.sub(tail, j + 1)
+  end
+  redis.call('XADD', KEYS[#KEYS], '*', 'e', ARGV[6] .. tail)
+  return {status, hused, dused, now_ms, 1}
 end
 local ovr = nil  -- the override marker is KEYS[2] only when an expiry comes with it
 if ARGV[4] ~= nil and ARGV[4] ~= '' then ovr = KEYS[2] end

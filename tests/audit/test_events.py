@@ -133,9 +133,9 @@ async def test_writer_stores_a_stream_entry_as_it_is(backend: str, settings_fact
 
 
 async def test_decision_recorder_records_exactly_once(settings_factory: Any) -> None:
-    """Redis mode: the event goes with the quota script's XADD (the real script) and ``done``
-    adds nothing; a decision without a quota step, a window denial, or the embedded mode:
-    ``done`` records."""
+    """Redis mode: the event goes with the quota script's XADD (the real script), a window
+    denial's too (one round trip), and ``done`` adds nothing; a decision without a quota step,
+    or the embedded mode: ``done`` records."""
     from gateway.quota import spend_or_check
     from gateway.recorder import DecisionRecorder
     from gateway.settle import settle
@@ -151,7 +151,7 @@ async def test_decision_recorder_records_exactly_once(settings_factory: Any) -> 
             audit = rec.quota_audit(pending)
             assert (audit is not None) == sink.redis_mode
             d = settle(pending, await spend_or_check(quotas, pending, execute=True, audit=audit))
-            assert d.quota is not None and d.quota.audited == (sink.redis_mode and i == 0)
+            assert d.quota is not None and d.quota.audited == sink.redis_mode
             await rec.done(d)  # a no-op once the script carried the event
             recs.append((rec, d))
         # A deny before the quota step: no quota call, ``done`` records it.
@@ -167,3 +167,45 @@ async def test_decision_recorder_records_exactly_once(settings_factory: Any) -> 
             ("r0", "allow", "i0"), ("r1", "deny", "i1"), ("r2", "deny", "i2")]
         assert [r.event_id for r in stored[:2]] == [rec.event_id for rec, _ in recs]
         assert stored[1].reasons == [recs[1][1].reasons[0].as_dict()]
+
+
+@pytest.mark.parametrize("backend", ["postgres"])  # Redis mode is what this tests
+async def test_a_window_denial_rides_along_with_its_own_clocks_retry_after(backend: str, settings_factory: Any) -> None:
+    """The quota script carries a window denial's event with the retry_after counted from its
+    own clock (the gateway's differs by seconds); when the script's hour is not the one the
+    gateway assumed (clock skew across the boundary), it carries nothing and ``done`` records
+    the settled event. Either way the stored event is the answer's."""
+    from gateway.quota import spend_or_check
+    from gateway.recorder import DecisionRecorder
+    from gateway.settle import settle
+    from store.quotas import RedisQuotas
+
+    redis_now = [T + 7.25]  # Redis is 7.25 s ahead of the gateway (T)
+    async with running_sink(settings_factory()) as (runtime, sink):
+        assert sink.redis_mode
+        quotas: Any = RedisQuotas(runtime.redis, clock=lambda: redis_now[0])
+        pending = _pending(max_actions_per_hour=1)
+        settled = []
+        for i, now in enumerate((T + 7.25, T + 7.25, T + 1800 + 3)):  # spend, deny, deny in the next hour
+            redis_now[0] = now
+            if i == 2:  # the next hour's window is full too
+                await spend_or_check(quotas, _pending(max_actions_per_hour=1), execute=True)
+                redis_now[0] = now
+            rec = DecisionRecorder(sink, org_id="o3", kind="gateway.execute", req=_Req(), actor="api_key:k",
+                                   request_id=f"r{i}", interaction_id=f"i{i}")
+            d = settle(pending, await spend_or_check(quotas, pending, execute=True, audit=rec.quota_audit(pending)))
+            assert d.quota is not None
+            await rec.done(d)
+            settled.append(d)
+        first, denied, skewed = settled
+        assert first.decision == "allow" and first.quota is not None and first.quota.audited
+        assert denied.reasons[0].code == "hourly_budget_exceeded" and denied.quota is not None
+        assert denied.quota.audited  # carried by the script, in the same round trip
+        assert denied.reasons[0].details["retry_after"] == 1793  # 01:00 - 00:30:07.25, Redis's clock
+        assert skewed.reasons[0].details["reset_at"] == "2026-01-01T02:00:00Z" and skewed.quota is not None
+        assert not skewed.quota.audited  # the gateway assumed the 00:00 hour: recorded by done()
+        await sink.flush()
+        stored = await rows(runtime, "o3")
+        assert [r.request_id for r in stored] == ["r0", "r1", "r2"]
+        assert stored[1].reasons == [denied.reasons[0].as_dict()]
+        assert stored[2].reasons == [skewed.reasons[0].as_dict()]

@@ -72,14 +72,25 @@ def test_the_quota_scripts_events_are_the_settled_decisions(tool: str, type: str
     rec = _recorder()
     p: Pending = evaluate(request(tool, type), org(), T)
     audit = rec.quota_audit(p)
-    assert audit is not None and set(audit.tails) == {OK}  # no token: the script cannot answer 3
+    # no token: the script cannot answer 3
+    assert audit is not None and set(audit.tails) == {OK, HOUR_EXHAUSTED, DAY_EXHAUSTED}
     for status, tail in audit.tails.items():
-        assert json.loads(audit.head + tail) == json.loads(json.dumps(rec.event(settle(p, assumed(p, status)))))
-    # Window denials are not carried: their reset time is the script's clock, known after it.
-    assert HOUR_EXHAUSTED not in audit.tails and DAY_EXHAUSTED not in audit.tails
+        settled = rec.event(settle(p, assumed(p, status)))
+        if status in (HOUR_EXHAUSTED, DAY_EXHAUSTED):
+            # A window denial: the script writes its own clock's retry_after where the mark is,
+            # and carries it only if its window resets when this process's does.
+            q = assumed(p, status)
+            assert q is not None
+            reset = q.hour_reset if status == HOUR_EXHAUSTED else q.day_reset
+            assert audit.resets[status] == reset
+            seconds = settled["reasons"][0]["details"]["retry_after"]
+            tail = tail.replace(b"@retry_after@", str(seconds).encode())
+        assert json.loads(audit.head + tail) == json.loads(json.dumps(settled))
     # An execute's escalation is left to the approval step.
+    # (Its window denials are denies: they ride along.)
     kept = rec.quota_audit(p, carried=lambda d: d.decision != "escalate")
-    assert (kept is None) == (tool == "crm")
+    assert kept is not None
+    assert set(kept.tails) == ({HOUR_EXHAUSTED, DAY_EXHAUSTED} if tool == "crm" else {OK, HOUR_EXHAUSTED, DAY_EXHAUSTED})
 
 
 def test_nothing_is_carried_for_a_decision_that_ends_before_the_quota() -> None:
