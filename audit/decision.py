@@ -18,7 +18,7 @@ def build_decision_event(
     include_params: bool = False,
     approval_id: str | None = None,
 ) -> dict[str, Any]:
-    """The event of one gateway decision (``gateway.pipeline.Decision``) for ``req``
+    """The event of one gateway decision (``gateway.decision.Decision``) for ``req``
     (``GatewayActionRequest``); ``kind`` is ``gateway.evaluate`` or ``gateway.execute``.
 
     A dict of the event's fields: the decision recorder amends it (its event id, the agent's

@@ -34,7 +34,7 @@ def _walk(frame: Any, acc_self: dict[str, float], acc_total: dict[str, float], s
 BUCKETS = (
     ("requests (all of it)", "__call__", "httpkit/context.py"),
     ("route handler", "execute", "gateway/routes.py"),
-    ("authentication", "_principal", "gateway/routes.py"),
+    ("authentication", "__call__", "gateway/agent_auth.py"),
     ("body read + decode", "_body", "gateway/routes.py"),
     ("decision (incl. Redis)", "_decide", "gateway/service.py"),
     ("Redis quota call", "_run", "store/quotas.py"),
