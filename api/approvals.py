@@ -20,7 +20,7 @@ from api.admission import CALLER, admitted
 from audit.changes import change_context
 from core.clock import utcnow
 from gateway.approvals import ApprovalBase, wire
-from gateway.overrides import bound_action, issue_override
+from gateway.override_signer import override_signer
 from httpkit.auth import Caller
 from httpkit.pagination import Page, pagination
 from services import approvals as service
@@ -73,21 +73,6 @@ def _decided(approval: Approval, now: datetime, runtime: Runtime) -> ApprovalDec
     return msgspec.convert(wire(approval, now, include_token=True, runtime=runtime), ApprovalDecided)
 
 
-def _signer(runtime: Runtime) -> service.OverrideSigner:
-    """The override token of an approval, bound to its exact action; ``iat`` is the decision's
-    time, so the agent's poll re-signs the same token."""
-
-    def sign(approval: Approval, ttl: int, iat: int) -> tuple[str, str, int]:
-        return issue_override(
-            runtime.keys, runtime.settings,
-            approval_id=approval.id, org_id=approval.org_id, uapk_id=approval.uapk_id, agent_id=approval.agent_id,
-            capability=approval.capability, **bound_action(approval.action or {}, approval.counterparty),
-            ttl_seconds=ttl, now=iat,
-        )
-
-    return sign
-
-
 class ApprovalController(Controller):
     path = "/api/v1/orgs/{org_id:str}/approvals"
     tags = ["approvals"]
@@ -119,7 +104,7 @@ class ApprovalController(Controller):
         runtime = _runtime(request)
         approval = await service.approve(runtime, change_context(request, caller), caller.principal, org_id, approval_id,
                                          notes=body.notes, expires_in_seconds=body.expires_in_seconds,
-                                         sign=_signer(runtime))
+                                         sign=override_signer(runtime))
         return _decided(approval, utcnow(), runtime)
 
     @post("/{approval_id:str}/deny", status_code=HTTP_200_OK, summary="Deny an escalated action",

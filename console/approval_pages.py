@@ -25,9 +25,9 @@ from console.auth_pages import LOGIN, runtime_of, to_login
 from console.render import SECURITY_HEADERS, page
 from console.sessions import CSRF_FIELD, ConsoleSession, check_csrf, is_tls, read_session, session_cookie
 from console.shutdown import stopping
-from console.signer import override_signer
 from core.clock import utcnow
 from core.errors import AuthenticationRequired, BastionError, NotFound
+from gateway.override_signer import override_signer
 from httpkit.auth import Caller, Principal, admit
 from services import approvals as service
 from services import manifests

@@ -1,6 +1,7 @@
 """The override signer the approvals service takes (services/approvals.py: the token format is
-the gateway's, above the service layer, so the caller passes it in). The same binding as the
-API's approve: the token names the approval's exact action and counterparty."""
+the gateway's, above the service layer, so the caller passes it in) — one for the API's and
+the console's approve. The token names the approval's exact action and counterparty; ``iat``
+is the decision's time, so the agent's poll re-signs the same token."""
 from __future__ import annotations
 
 from gateway.overrides import bound_action, issue_override
