@@ -211,7 +211,7 @@ def render_summary(r: dict[str, Any]) -> str:
     if st:
         add(st)
     else:
-        add("`Pipeline.decide` called directly, warm, in-process quotas, no audit recorder; p50 = median of interleaved passes. "
+        add("The decision steps called directly (validate, `evaluate`, the quota call, `settle`), warm, in-process quotas, no audit recorder; p50 = median of interleaved passes. "
             "Each org: N agents with active manifests (the manifest Casbin lines) and N policy rules. pycasbin on the "
             "same lines for comparison: `enforce` on the manifest model plus the rules model's matchers "
             "(`policies.rules.casbin_verdict`), fewer calls on big sets. Every outcome is checked against the expected one.")
