@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from audit.decision import build_decision_event
+from audit.event import reason_dict
 from audit.stream import encode, stream_key
 from gateway.decision import Decision, Pending
 from gateway.settle import KNOWN_BEFORE_THE_CALL, assumed, settle
@@ -69,10 +70,13 @@ class DecisionRecorder:
             d = settle(pending, q)
             if not carried(d):
                 continue
-            e = self.event(d)
-            # Only the outcome differs between the statuses: one head, a tail per status.
-            outcome = {"decision": e.pop("decision"), "reasons": e.pop("reasons")}
-            head = head or encode(e)[:-1] + b","  # the object without its closing brace
+            if not head:
+                # Only the outcome differs between the statuses: the event (params digest and
+                # all) is built once, its head shared, and each status adds its own tail.
+                e = self.event(d)
+                del e["decision"], e["reasons"]
+                head = encode(e)[:-1] + b","  # the object without its closing brace
+            outcome = {"decision": d.decision, "reasons": [reason_dict(r) for r in d.reasons]}
             tail = encode(outcome)[1:]  # the rest, without the opening brace
             if q is not None and status in (HOUR_EXHAUSTED, DAY_EXHAUSTED):
                 # Settled with this process's clock; the script writes the retry_after of its
